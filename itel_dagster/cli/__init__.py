@@ -1,0 +1,21 @@
+"""The `itel-dagster` command: the local stack (broker, simulators, publisher, `up`)."""
+
+from __future__ import annotations
+
+import click
+
+from itel_dagster.cli.kafka_commands import kafka
+from itel_dagster.cli.publish_command import publish
+from itel_dagster.cli.simulator_commands import simulators
+from itel_dagster.cli.up_command import up
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """itel-dagster: ClaimX task events -> Delta Lake and the iTel Cabinet API, on Dagster."""
+
+
+main.add_command(kafka)
+main.add_command(simulators)
+main.add_command(publish)
+main.add_command(up)

@@ -1,0 +1,9 @@
+"""Placeholder, replaced by the real command."""
+
+import click
+
+
+@click.command()
+def simulators() -> None:
+    """Not built yet."""
+    raise click.ClickException("not built yet")

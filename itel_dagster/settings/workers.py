@@ -1,0 +1,67 @@
+"""Typed settings of the two workers, read from config/plugins/itel_cabinet_api/workers.yaml.
+
+The workers differ only in what this file holds and in their final stage.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from itel_dagster.settings.env_yaml import load_yaml, parse_model
+from itel_dagster.settings.paths import config_dir
+
+WORKERS_FILE = "plugins/itel_cabinet_api/workers.yaml"
+TRACKING_WORKER = "itel_cabinet_tracking_worker"
+API_WORKER = "itel_cabinet_api_worker"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RetryPolicySettings(_Strict):
+    op_max_retries: int = Field(2, ge=0)
+    op_delay_seconds: float = Field(1.0, ge=0)
+    run_max_retries: int = Field(1, ge=0)
+    run_retry_strategy: Literal["ALL_STEPS", "FROM_FAILURE"] = "ALL_STEPS"
+
+
+class WorkerSettings(_Strict):
+    name: str
+    input_topic: str
+    consumer_group: str
+    success_topic: str
+    error_topic: str
+    batch_size: int = Field(ge=1)
+    max_records_per_run: int = Field(10_000, ge=1)
+    log_file: str
+    priority: Literal["primary", "secondary"]
+    stages: list[str]
+    expected_task_id: int = 32513
+    retry_policy: RetryPolicySettings = RetryPolicySettings()
+    delta_table: str | None = None
+    column_mapping: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _run_holds_whole_batches(self):
+        if self.max_records_per_run < self.batch_size:
+            raise ValueError("max_records_per_run must be at least batch_size")
+        return self
+
+
+class WorkersFile(_Strict):
+    workers: dict[str, WorkerSettings]
+
+    @model_validator(mode="after")
+    def _both_workers(self):
+        missing = {TRACKING_WORKER, API_WORKER} - set(self.workers)
+        if missing:
+            raise ValueError(f"workers {sorted(missing)} are not defined")
+        return self
+
+
+def load_workers(env=None) -> dict[str, WorkerSettings]:
+    document = load_yaml(config_dir() / WORKERS_FILE, env)
+    return parse_model(WorkersFile, document).workers
