@@ -1,0 +1,53 @@
+"""Creates the pipeline's topics, idempotently: existing topics are left exactly as they are."""
+
+from __future__ import annotations
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from itel_dagster.settings.workers import WorkerSettings
+
+DAY_MS = 24 * 3600 * 1000
+# Retention per kind of topic, as the product spec sets it.
+RETENTION_MS = {"input": 7 * DAY_MS, "success": 3 * DAY_MS, "errors": 30 * DAY_MS}
+
+
+def pipeline_topics(workers: dict[str, WorkerSettings]) -> dict[str, str]:
+    """Topic name -> kind (input / success / errors) for every topic the workers use."""
+    topics: dict[str, str] = {}
+    for worker in workers.values():
+        topics[worker.input_topic] = "input"
+        topics[worker.success_topic] = "success"
+        topics[worker.error_topic] = "errors"
+    return topics
+
+
+def ensure_topics(
+    bootstrap_servers: str, topics: dict[str, str], partitions: int = 3, timeout: float = 30.0
+) -> dict[str, bool]:
+    """Create the missing topics; returns name -> True if created now, False if it existed."""
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    created: dict[str, bool] = {name: False for name in topics if name in existing}
+    missing = [
+        NewTopic(
+            name,
+            num_partitions=partitions,
+            replication_factor=1,
+            config={"retention.ms": str(RETENTION_MS.get(kind, 7 * DAY_MS))},
+        )
+        for name, kind in topics.items()
+        if name not in existing
+    ]
+    if not missing:
+        return created
+    for name, future in admin.create_topics(missing, operation_timeout=timeout).items():
+        try:
+            future.result(timeout)
+            created[name] = True
+        except KafkaException as exc:
+            # Another process may create it between list and create: that is success too.
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+            created[name] = False
+    return created

@@ -1,0 +1,126 @@
+"""The real local broker: lifecycle, idempotent topics, round trip, two independent groups."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from click.testing import CliRunner
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
+
+from itel_dagster.cli import main
+from itel_dagster.devstack.kafka.broker import LocalKafkaBroker
+from itel_dagster.devstack.kafka.topics import ensure_topics, pipeline_topics
+from itel_dagster.settings.workers import load_workers
+
+PIPELINE_TOPICS = {
+    "itel.cabinet.task.tracking",
+    "itel.cabinet.task.tracking.success",
+    "itel.cabinet.task.tracking.errors",
+    "itel.cabinet.api.success",
+    "itel.cabinet.api.errors",
+}
+
+
+def consume_all(bootstrap: str, topic: str, group: str, expected: int, timeout: float = 30.0):
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+    })
+    consumer.subscribe([topic])
+    received = []
+    deadline = time.monotonic() + timeout
+    while len(received) < expected and time.monotonic() < deadline:
+        message = consumer.poll(0.5)
+        if message is None or message.error():
+            continue
+        received.append(message)
+    consumer.close()
+    return received
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    for i, value in enumerate(values):
+        producer.produce(topic, value=value, key=str(i % 7).encode())
+    assert producer.flush(30) == 0
+
+
+def test_pipeline_topics_are_created_idempotently(kafka_bootstrap):
+    topics = pipeline_topics(load_workers({}))
+    assert set(topics) == PIPELINE_TOPICS
+    ensure_topics(kafka_bootstrap, topics, partitions=3)
+    again = ensure_topics(kafka_bootstrap, topics, partitions=3)
+    assert again == {name: False for name in PIPELINE_TOPICS}
+    metadata = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=10)
+    for name in PIPELINE_TOPICS:
+        assert len(metadata.topics[name].partitions) == 3
+
+
+def test_round_trip(kafka_bootstrap, make_topic):
+    topic = make_topic(partitions=3)
+    values = [f"record-{i}".encode() for i in range(50)]
+    produce(kafka_bootstrap, topic, values)
+    received = consume_all(kafka_bootstrap, topic, f"g-{uuid.uuid4().hex}", len(values))
+    assert sorted(m.value() for m in received) == sorted(values)
+    assert {m.partition() for m in received} <= {0, 1, 2}
+
+
+def test_two_consumer_groups_each_receive_every_record(kafka_bootstrap, make_topic):
+    topic = make_topic(partitions=3)
+    values = [f"event-{i}".encode() for i in range(120)]
+    produce(kafka_bootstrap, topic, values)
+    tracking = consume_all(kafka_bootstrap, topic, "itel_cabinet_tracking_worker_group-t", 120)
+    api = consume_all(kafka_bootstrap, topic, "itel_cabinet_api_worker_group-t", 120)
+    assert sorted(m.value() for m in tracking) == sorted(values)
+    assert sorted(m.value() for m in api) == sorted(values)
+
+
+def test_cli_start_status_stop_keeps_data(tmp_path, monkeypatch):
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    home = tmp_path / "kafka"
+    runner = CliRunner()
+    try:
+        started = runner.invoke(main, ["kafka", "start", "--home", str(home), "--port", "0"])
+        assert started.exit_code == 0, started.output
+        assert "topic itel.cabinet.task.tracking: created" in started.output
+        status = LocalKafkaBroker(home).status()
+        assert status is not None
+        produce(status.bootstrap_servers, "itel.cabinet.task.tracking", [b"kept"])
+
+        again = runner.invoke(main, ["kafka", "start", "--home", str(home)])
+        assert "already running" in again.output
+        assert "topic itel.cabinet.task.tracking: exists" in again.output
+
+        report = runner.invoke(main, ["kafka", "status", "--home", str(home)])
+        assert report.exit_code == 0 and "running at" in report.output
+        assert "itel.cabinet.api.errors: 3 partitions" in report.output
+
+        stopped = runner.invoke(main, ["kafka", "stop", "--home", str(home)])
+        assert "stopped" in stopped.output
+        down = runner.invoke(main, ["kafka", "status", "--home", str(home)])
+        assert down.exit_code == 1 and "not running" in down.output
+
+        # A restart keeps the ports and the data.
+        restarted = runner.invoke(main, ["kafka", "start", "--home", str(home)])
+        assert restarted.exit_code == 0, restarted.output
+        status = LocalKafkaBroker(home).status()
+        kept = consume_all(status.bootstrap_servers, "itel.cabinet.task.tracking", "g-kept", 1)
+        assert [m.value() for m in kept] == [b"kept"]
+    finally:
+        LocalKafkaBroker(home).stop()
+    assert LocalKafkaBroker(home).status() is None
+
+
+def test_existing_cluster_starts_nothing(kafka_bootstrap, tmp_path, monkeypatch):
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    home = tmp_path / "unused"
+    result = CliRunner().invoke(main, ["kafka", "start", "--home", str(home)])
+    assert result.exit_code == 0, result.output
+    assert "nothing started" in result.output
+    assert not (home / "broker.json").exists()
+    stop = CliRunner().invoke(main, ["kafka", "stop", "--home", str(home)])
+    assert "not ours to stop" in stop.output
