@@ -1,0 +1,120 @@
+"""A consumer group's progress per partition, read and committed without joining the group.
+
+The committed offset is the next record to process, so lag = end offset - committed, exactly as
+`kafka-consumer-groups --describe` shows. Commits only move forward.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PartitionProgress:
+    partition: int
+    committed: int | None  # None: the group never committed on this partition
+    low: int  # first offset Kafka still holds
+    high: int  # next offset to be written
+
+    @property
+    def next_offset(self) -> int:
+        """Where processing resumes: the committed offset, or the oldest record Kafka holds."""
+        if self.committed is None or self.committed < self.low:
+            return self.low
+        return self.committed
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.high - self.next_offset)
+
+
+def group_consumer(bootstrap_servers: str, group: str, **extra) -> Consumer:
+    """A consumer that carries the group id for commits but never subscribes (no rebalances)."""
+    return Consumer({
+        "bootstrap.servers": bootstrap_servers,
+        "group.id": group,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        **extra,
+    })
+
+
+def _retrying(call: Callable[[], T], timeout: float) -> T:
+    """Retry retriable coordinator errors (a fresh broker is still creating __consumer_offsets)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not error.retriable() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _partitions(consumer: Consumer, topic: str, timeout: float) -> list[int]:
+    metadata = consumer.list_topics(topic, timeout=timeout)
+    described = metadata.topics.get(topic)
+    if described is None or described.error is not None:
+        reason = described.error if described is not None else "no metadata"
+        raise RuntimeError(f"topic {topic!r} is not available: {reason}")
+    return sorted(described.partitions)
+
+
+def group_progress(
+    bootstrap_servers: str, group: str, topic: str, timeout: float = 10.0
+) -> list[PartitionProgress]:
+    consumer = group_consumer(bootstrap_servers, group)
+    try:
+        partitions = _partitions(consumer, topic, timeout)
+        committed = _retrying(
+            lambda: consumer.committed([TopicPartition(topic, p) for p in partitions], timeout),
+            timeout,
+        )
+        progress = []
+        for tp in committed:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, tp.partition), timeout=timeout, cached=False
+            )
+            progress.append(PartitionProgress(
+                partition=tp.partition,
+                committed=tp.offset if tp.offset >= 0 else None,
+                low=low,
+                high=high,
+            ))
+        return progress
+    finally:
+        consumer.close()
+
+
+def commit_offsets(
+    bootstrap_servers: str, group: str, topic: str, next_offsets: dict[int, int],
+    timeout: float = 10.0,
+) -> dict[int, int]:
+    """Commit `partition -> next offset to process` where it moves forward; returns what moved."""
+    consumer = group_consumer(bootstrap_servers, group)
+    try:
+        committed = _retrying(
+            lambda: consumer.committed([TopicPartition(topic, p) for p in next_offsets], timeout),
+            timeout,
+        )
+        current = {tp.partition: tp.offset for tp in committed}
+        forward = {p: o for p, o in next_offsets.items() if o > current.get(p, -1)}
+        if forward:
+            _retrying(
+                lambda: consumer.commit(
+                    offsets=[TopicPartition(topic, p, o) for p, o in forward.items()],
+                    asynchronous=False,
+                ),
+                timeout,
+            )
+        return forward
+    finally:
+        consumer.close()

@@ -1,0 +1,60 @@
+"""Group progress read and committed without joining the group; ranges read by assignment."""
+
+from __future__ import annotations
+
+from confluent_kafka import Producer
+
+from itel_dagster.kafka.offsets import commit_offsets, group_progress
+from itel_dagster.kafka.range_reader import read_range
+
+
+def produce_to_partitions(bootstrap: str, topic: str, counts: dict[int, int]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    for partition, count in counts.items():
+        for i in range(count):
+            producer.produce(topic, value=f"p{partition}-{i}".encode(), partition=partition,
+                             timestamp=1_790_000_000_000 + i)
+    assert producer.flush(30) == 0
+
+
+def test_progress_of_a_new_group_starts_at_the_oldest_record(kafka_bootstrap, make_topic):
+    topic = make_topic(partitions=3)
+    produce_to_partitions(kafka_bootstrap, topic, {0: 5, 1: 2, 2: 0})
+    progress = {p.partition: p for p in group_progress(kafka_bootstrap, "fresh-group", topic)}
+    assert set(progress) == {0, 1, 2}
+    assert [progress[p].committed for p in range(3)] == [None, None, None]
+    assert [progress[p].lag for p in range(3)] == [5, 2, 0]
+    assert progress[0].next_offset == 0 and progress[0].high == 5
+
+
+def test_commits_move_forward_only_and_show_as_lag(kafka_bootstrap, make_topic):
+    topic = make_topic(partitions=2)
+    produce_to_partitions(kafka_bootstrap, topic, {0: 10, 1: 4})
+    assert commit_offsets(kafka_bootstrap, "g-commit", topic, {0: 7, 1: 4}) == {0: 7, 1: 4}
+    # A stale commit (a retried run that finished late) never moves progress back.
+    assert commit_offsets(kafka_bootstrap, "g-commit", topic, {0: 3}) == {}
+    progress = {p.partition: p for p in group_progress(kafka_bootstrap, "g-commit", topic)}
+    assert (progress[0].committed, progress[0].lag) == (7, 3)
+    assert (progress[1].committed, progress[1].lag) == (4, 0)
+    # Another group is independent.
+    other = {p.partition: p for p in group_progress(kafka_bootstrap, "g-other", topic)}
+    assert other[0].lag == 10
+
+
+def test_read_range_returns_exactly_the_range(kafka_bootstrap, make_topic):
+    topic = make_topic(partitions=2)
+    produce_to_partitions(kafka_bootstrap, topic, {0: 30, 1: 3})
+    read = read_range(kafka_bootstrap, topic, 0, 10, 25)
+    assert [r.offset for r in read.records] == list(range(10, 25))
+    assert [r.value for r in read.records] == [f"p0-{i}".encode() for i in range(10, 25)]
+    assert read.records[0].timestamp_ms == 1_790_000_000_010
+    assert read.missing_offsets == 0
+    assert read_range(kafka_bootstrap, topic, 1, 3, 3).records == []
+
+
+def test_read_range_past_the_log_end_returns_what_exists(kafka_bootstrap, make_topic):
+    topic = make_topic(partitions=1)
+    produce_to_partitions(kafka_bootstrap, topic, {0: 5})
+    read = read_range(kafka_bootstrap, topic, 0, 2, 8, timeout=10)
+    assert [r.offset for r in read.records] == [2, 3, 4]
+    assert read.missing_offsets == 0
