@@ -11,9 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 T = TypeVar("T")
+# A fresh broker creates __consumer_offsets on first use; its coordinator answers these meanwhile.
+_COORDINATOR_NOT_READY = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+}
 
 
 @dataclass(frozen=True)
@@ -47,14 +53,15 @@ def group_consumer(bootstrap_servers: str, group: str, **extra) -> Consumer:
 
 
 def _retrying(call: Callable[[], T], timeout: float) -> T:
-    """Retry retriable coordinator errors (a fresh broker is still creating __consumer_offsets)."""
+    """Retry while the group coordinator is not ready, or on other retriable errors."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             return call()
         except KafkaException as exc:
             error = exc.args[0]
-            if not error.retriable() or time.monotonic() > deadline:
+            retriable = error.retriable() or error.code() in _COORDINATOR_NOT_READY
+            if not retriable or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
 
