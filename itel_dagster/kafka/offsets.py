@@ -125,3 +125,42 @@ def commit_offsets(
         return forward
     finally:
         consumer.close()
+
+
+def record_timestamp_ms(
+    bootstrap_servers: str, topic: str, partition: int, offset: int, timeout: float = 10.0
+) -> int | None:
+    """The Kafka timestamp of the record at `offset` (or the next one Kafka holds), else None."""
+    consumer = group_consumer(bootstrap_servers, "itel-range-reader", **{"enable.partition.eof": True})
+    try:
+        consumer.assign([TopicPartition(topic, partition, offset)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            if message.error() is not None:
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    return None
+                raise KafkaException(message.error())
+            return message.timestamp()[1]
+        raise TimeoutError(f"no record at {topic}[{partition}]@{offset} within {timeout:.0f} s")
+    finally:
+        consumer.close()
+
+
+def first_offset_at_or_after(
+    bootstrap_servers: str, topic: str, partition: int, timestamp_ms: int, timeout: float = 10.0
+) -> int | None:
+    """The first offset whose timestamp is >= timestamp_ms, or None when there is none yet."""
+    consumer = group_consumer(bootstrap_servers, "itel-range-reader")
+    try:
+        [found] = _retrying(
+            lambda: consumer.offsets_for_times(
+                [TopicPartition(topic, partition, timestamp_ms)], timeout=timeout
+            ),
+            timeout,
+        )
+        return found.offset if found.offset >= 0 else None
+    finally:
+        consumer.close()

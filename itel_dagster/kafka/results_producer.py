@@ -1,0 +1,55 @@
+"""Publishes a run's success and error records and waits until Kafka has them all.
+
+`flush()` raises when any record was not delivered, so a run never commits offsets past a record
+whose outcome is not durably on its topic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from confluent_kafka import Producer
+
+
+class DeliveryFailed(RuntimeError):
+    pass
+
+
+class ResultsProducer:
+    def __init__(self, bootstrap_servers: str, client_id: str = "itel-dagster"):
+        self._producer = Producer({
+            "bootstrap.servers": bootstrap_servers,
+            "client.id": client_id,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "message.max.bytes": 2_000_000,
+        })
+        self._failures: list[str] = []
+        self.sent = 0
+
+    def _on_delivery(self, error, message) -> None:
+        if error is not None:
+            self._failures.append(f"{message.topic()}: {error}")
+
+    def send(self, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> int:
+        count = 0
+        for key, value in records:
+            while True:
+                try:
+                    self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
+                    break
+                except BufferError:  # local queue full: let deliveries drain, then go on
+                    self._producer.poll(0.5)
+            count += 1
+        self._producer.poll(0)
+        self.sent += count
+        return count
+
+    def flush(self, timeout: float = 60.0) -> None:
+        remaining = self._producer.flush(timeout)
+        if remaining:
+            raise DeliveryFailed(f"{remaining} result records not delivered within {timeout:.0f} s")
+        if self._failures:
+            failures, self._failures = self._failures, []
+            raise DeliveryFailed(f"{len(failures)} result records failed: {failures[:3]}")
