@@ -26,6 +26,7 @@ class MergeResult:
     inserted: int
     already_present: int
     commits: int
+    version: int  # the table version after the write
 
 
 def _day_predicate(year: int, month: int, day: int, key: str) -> str:
@@ -54,13 +55,15 @@ class DeltaTableWriter:
     def merge_new_rows(self, rows: pl.DataFrame) -> MergeResult:
         inserted = present = commits = 0
         if rows.is_empty():
-            return MergeResult(0, 0, 0)
+            table = self._load()
+            return MergeResult(0, 0, 0, table.version() if table else -1)
         for (year, month, day), day_rows in rows.group_by(PARTITION_COLUMNS, maintain_order=True):
             new, commit_count = self._merge_day(day_rows, int(year), int(month), int(day))
             inserted += new
             present += day_rows.height - new
             commits += commit_count
-        return MergeResult(inserted, present, commits)
+        table = self._load()
+        return MergeResult(inserted, present, commits, table.version() if table else -1)
 
     def _merge_day(self, day_rows: pl.DataFrame, year: int, month: int, day: int) -> tuple[int, int]:
         for attempt in range(self.max_conflict_retries + 1):

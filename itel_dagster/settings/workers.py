@@ -36,6 +36,7 @@ class WorkerSettings(_Strict):
     error_topic: str
     batch_size: int = Field(ge=1)
     max_records_per_run: int = Field(10_000, ge=1)
+    sensor_interval_seconds: int = Field(10, ge=1, le=300)
     log_file: str
     priority: Literal["primary", "secondary"]
     stages: list[str]

@@ -1,0 +1,1 @@
+"""Ops: thin wiring of the pure stages (itel_dagster.stages) to the resources."""

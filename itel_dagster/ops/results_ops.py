@@ -1,0 +1,76 @@
+"""The last op of both workers: publish success and error records, flush, then commit offsets.
+
+The order is the guarantee: offsets move past a record only after its outcome (a Delta row or a
+send, and its success or error record) is durably in Kafka. It never commits on a count mismatch.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+
+from itel_dagster.ops.shared_stage_ops import STAGE_IO
+from itel_dagster.ops.stage_batch import StageBatch
+from itel_dagster.resources.kafka import KafkaResource
+from itel_dagster.stages.error_records import error_record_messages
+from itel_dagster.worker_logs import worker_logger
+
+
+def success_messages(successes: pl.DataFrame) -> list[tuple[bytes | None, bytes]]:
+    """One JSON record per processed event, keyed by event_id."""
+    if successes.is_empty():
+        return []
+    lines = successes.write_ndjson().splitlines()
+    keys = successes["event_id"].to_list()
+    return [(key.encode() if key else None, line.encode()) for key, line in zip(keys, lines)]
+
+
+@dg.op(out=dg.Out(io_manager_key=STAGE_IO), tags={"stage": "commit"},
+       retry_policy=dg.RetryPolicy(max_retries=3, delay=1, backoff=dg.Backoff.EXPONENTIAL,
+                                   jitter=dg.Jitter.FULL))
+def publish_results_and_commit(
+    context: dg.OpExecutionContext, batch: StageBatch, kafka: KafkaResource
+) -> dict:
+    settings = batch.settings
+    errors = pl.concat(batch.errors, how="diagonal_relaxed") if batch.errors else None
+    error_count = errors.height if errors is not None else 0
+    handled = batch.rows.height + error_count
+    if handled != batch.counts.get("read", 0):
+        raise dg.Failure(
+            f"{batch.counts.get('read', 0)} records read but {batch.rows.height} succeeded and "
+            f"{error_count} failed; offsets not committed"
+        )
+    producer = kafka.results_producer(client_id=f"{settings.name}-results")
+    producer.send(settings.success_topic, success_messages(batch.rows))
+    if errors is not None:
+        producer.send(settings.error_topic, error_record_messages(errors))
+    producer.flush()
+    r = batch.kafka_range
+    committed = kafka.commit(settings.consumer_group, r.topic, {r.partition: r.end})
+    summary = {
+        "worker": settings.name,
+        "kafka_range": f"{r.topic}[{r.partition}] {r.start}..{r.end}",
+        "records": batch.counts.get("read", 0),
+        "succeeded": batch.rows.height,
+        "failed": error_count,
+        "committed_offset": r.end,
+        "commit_moved": bool(committed),
+        **{k: v for k, v in batch.counts.items()
+           if k != "read" and not k.startswith("failed_stage_")},
+    }
+    worker_logger(settings).info(
+        "%s: %d records, %d succeeded, %d to %s; committed %d",
+        summary["kafka_range"], summary["records"], summary["succeeded"], error_count,
+        settings.error_topic, r.end)
+    failed_stages = sorted(k.removeprefix("failed_stage_") for k in batch.counts
+                           if k.startswith("failed_stage_"))
+    if failed_stages:
+        # Records are on the error topic and offsets committed; the run still fails so the UI
+        # and run-failure alerts show the outage.
+        raise dg.Failure(
+            f"{', '.join(failed_stages)} unavailable: {error_count} records of "
+            f"{summary['kafka_range']} sent to {settings.error_topic}; offsets committed",
+            metadata=summary,
+        )
+    context.add_output_metadata(summary)
+    return summary

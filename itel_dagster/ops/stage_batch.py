@@ -1,0 +1,38 @@
+"""What flows between a worker's ops: the rows still in the pipeline and the error rows so far.
+
+It also carries the Kafka range it came from, so the last op knows what to commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import polars as pl
+
+from itel_dagster.sensors.dispatch_plan import KafkaRange
+from itel_dagster.settings.workers import WorkerSettings, load_workers
+
+
+@dataclass(frozen=True)
+class StageBatch:
+    worker: str
+    kafka_range: KafkaRange
+    rows: pl.DataFrame
+    errors: list[pl.DataFrame] = field(default_factory=list)  # error-record frames, per stage
+    missing_offsets: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def settings(self) -> WorkerSettings:
+        return load_workers()[self.worker]
+
+    def next(self, rows: pl.DataFrame, errors: pl.DataFrame | None = None, **counts: int):
+        return replace(
+            self,
+            rows=rows,
+            errors=self.errors + ([errors] if errors is not None and errors.height else []),
+            counts={**self.counts, **counts},
+        )
+
+    def error_count(self) -> int:
+        return sum(frame.height for frame in self.errors)

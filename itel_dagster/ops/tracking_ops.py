@@ -1,0 +1,77 @@
+"""The tracking worker's final stage: write enriched events to the Delta table, exactly once.
+
+Delta unavailable: the op's RetryPolicy retries with backoff and jitter; on its last attempt the
+batch's records become error records (stage delta_write), the run commits them to the error
+topic and then fails, so the UI and alerts see it while the API worker and later batches go on.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+
+from itel_dagster.ops.shared_stage_ops import STAGE_IO
+from itel_dagster.ops.stage_batch import StageBatch
+from itel_dagster.resources.delta_tables import DeltaTablesResource
+from itel_dagster.settings.workers import TRACKING_WORKER, load_workers
+from itel_dagster.stages.error_records import stage_failures
+from itel_dagster.stages.tracking_rows import tracking_rows, with_partition_columns
+from itel_dagster.worker_logs import worker_logger
+
+_retry = load_workers()[TRACKING_WORKER].retry_policy
+WRITE_RETRY_POLICY = dg.RetryPolicy(
+    max_retries=_retry.op_max_retries, delay=_retry.op_delay_seconds,
+    backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS,
+)
+
+
+def _success_frame(enriched: pl.DataFrame, table_uri: str, version: int) -> pl.DataFrame:
+    """One success record per written event: event_id, its day partition, the table version."""
+    return with_partition_columns(enriched).select(
+        "event_id", "assignment_id", "task_status", "enrichment_status",
+        "kafka_topic", "kafka_partition", "kafka_offset",
+        pl.date(pl.col("year"), pl.col("month"), pl.col("day")).cast(pl.String).alias("day_partition"),
+        pl.lit(table_uri).alias("delta_table"),
+        pl.lit(version, dtype=pl.Int64).alias("delta_version"),
+    )
+
+
+@dg.op(out=dg.Out(io_manager_key=STAGE_IO), tags={"stage": "delta_write"},
+       retry_policy=WRITE_RETRY_POLICY)
+def write_tracking_rows(
+    context: dg.OpExecutionContext, batch: StageBatch, delta: DeltaTablesResource
+) -> StageBatch:
+    settings = batch.settings
+    if batch.rows.is_empty():
+        return batch
+    rows = tracking_rows(batch.rows, settings.column_mapping or {})
+    writer = delta.writer(settings.delta_table or "itel_cabinet_task_tracking")
+    try:
+        result = writer.merge_new_rows(rows)
+    except Exception as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+        log = worker_logger(settings)
+        if context.retry_number < WRITE_RETRY_POLICY.max_retries:
+            log.warning("Delta write of %s failed (attempt %d): %s",
+                        batch.kafka_range, context.retry_number + 1, problem)
+            raise
+        log.error("Delta unavailable after %d attempts; %d records of %s go to %s: %s",
+                  context.retry_number + 1, batch.rows.height, batch.kafka_range,
+                  settings.error_topic, problem)
+        failures = stage_failures(batch.rows, worker=settings.name, stage="delta_write",
+                                  error_type="delta_unavailable", reason=problem)
+        return batch.next(batch.rows.clear(), failures, delta_inserted=0,
+                          failed_stage_delta_write=1)
+    context.add_output_metadata({
+        "rows_inserted": result.inserted,
+        "rows_already_present": result.already_present,
+        "delta_commits": result.commits,
+        "delta_version": result.version,
+        "table_uri": writer.uri,
+    })
+    return batch.next(
+        _success_frame(batch.rows, writer.uri, result.version),
+        delta_inserted=result.inserted,
+        delta_already_present=result.already_present,
+        delta_version=result.version,
+    )

@@ -1,0 +1,30 @@
+"""The Kafka cluster of the pipeline as a Dagster resource (KAFKA_BOOTSTRAP_SERVERS, else the
+local dev broker), read at run time so the code location loads without a broker."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from itel_dagster.kafka.offsets import commit_offsets, group_progress
+from itel_dagster.kafka.range_reader import RangeRead, read_range
+from itel_dagster.kafka.results_producer import ResultsProducer
+from itel_dagster.settings.kafka import bootstrap_servers as configured_bootstrap_servers
+
+
+class KafkaResource(dg.ConfigurableResource):
+    bootstrap_servers: str | None = None
+
+    def servers(self) -> str:
+        return self.bootstrap_servers or configured_bootstrap_servers()
+
+    def read_range(self, topic: str, partition: int, start: int, end: int) -> RangeRead:
+        return read_range(self.servers(), topic, partition, start, end)
+
+    def results_producer(self, client_id: str) -> ResultsProducer:
+        return ResultsProducer(self.servers(), client_id=client_id)
+
+    def commit(self, group: str, topic: str, next_offsets: dict[int, int]) -> dict[int, int]:
+        return commit_offsets(self.servers(), group, topic, next_offsets)
+
+    def progress(self, group: str, topic: str):
+        return group_progress(self.servers(), group, topic)

@@ -1,0 +1,149 @@
+"""One sensor factory for both workers: poll the topic with the worker's consumer group and start
+one partitioned run per Kafka partition range.
+
+It never joins the group (no rebalances) and never commits: it reads committed offsets and
+watermarks, and the runs commit after their results are durable. Run requests carry offsets,
+never payloads.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG
+
+from itel_dagster.kafka.offsets import first_offset_at_or_after, group_progress, record_timestamp_ms
+from itel_dagster.partitions import daily_partitions
+from itel_dagster.sensors.dispatch_plan import DispatchCursor, PlannedRun, plan_dispatch
+from itel_dagster.settings.kafka import bootstrap_servers
+from itel_dagster.settings.workers import WorkerSettings
+
+WORKER_TAG = "itel/worker"
+KAFKA_PARTITION_TAG = "itel/kafka_partition"
+KAFKA_RANGE_TAG = "itel/kafka_range"
+# One lane per worker and Kafka partition; dagster.yaml limits each lane to one run at a time.
+LANE_TAG = "itel/lane"
+
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+
+
+def partitions_in_flight(instance: dg.DagsterInstance, worker: str) -> set[int]:
+    """Kafka partitions with a run queued, running, or failed with a run retry still to come."""
+    busy = {
+        int(run.tags[KAFKA_PARTITION_TAG])
+        for run in instance.get_runs(
+            filters=dg.RunsFilter(tags={WORKER_TAG: worker}, statuses=IN_FLIGHT)
+        )
+        if KAFKA_PARTITION_TAG in run.tags
+    }
+    failed = instance.get_runs(
+        filters=dg.RunsFilter(tags={WORKER_TAG: worker, WILL_RETRY_TAG: "true"},
+                              statuses=[dg.DagsterRunStatus.FAILURE]),
+        limit=50,
+    )
+    busy |= {
+        int(run.tags[KAFKA_PARTITION_TAG])
+        for run in failed
+        if AUTO_RETRY_RUN_ID_TAG not in run.tags and KAFKA_PARTITION_TAG in run.tags
+    }
+    return busy
+
+
+def partition_key_for(day) -> str:
+    """The day's partition key, clamped to the partitions that exist (records stamped before the
+    first day, or up to an hour into tomorrow, still get a run)."""
+    keys = daily_partitions.get_partition_keys()
+    key = day.isoformat()
+    return min(max(key, keys[0]), keys[-1])
+
+
+def range_run_config(worker: WorkerSettings, planned: PlannedRun, asset_name: str) -> dict:
+    r = planned.range
+    return {
+        "ops": {
+            asset_name: {
+                "ops": {
+                    "read_kafka_range": {
+                        "config": {"worker": worker.name, "topic": r.topic,
+                                   "partition": r.partition, "start": r.start, "end": r.end}
+                    }
+                }
+            }
+        }
+    }
+
+
+def run_tags(worker: WorkerSettings, planned: PlannedRun) -> dict[str, str]:
+    r = planned.range
+    retry = worker.retry_policy
+    return {
+        WORKER_TAG: worker.name,
+        KAFKA_PARTITION_TAG: str(r.partition),
+        KAFKA_RANGE_TAG: f"{r.topic}[{r.partition}] {r.start}-{r.end}",
+        LANE_TAG: f"{worker.name}:{r.partition}",
+        "itel/attempt": str(planned.attempt),
+        "dagster/max_retries": str(retry.run_max_retries),
+        "dagster/retry_strategy": retry.run_retry_strategy,
+        # Op failures are retried by the ops' RetryPolicy, then re-dispatched by this sensor;
+        # run retries cover only a dead run process, so the two never multiply.
+        "dagster/retry_on_asset_or_op_failure": "false",
+    }
+
+
+def build_kafka_worker_sensor(
+    worker: WorkerSettings,
+    job: dg.UnresolvedAssetJobDefinition,
+    asset_name: str,
+    minimum_interval_seconds: int = 10,
+) -> dg.SensorDefinition:
+    sensor_name = f"{worker.name.removesuffix('_worker')}_sensor"
+
+    @dg.sensor(
+        name=sensor_name,
+        job=job,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Polls {worker.input_topic} for group {worker.consumer_group} and starts "
+        f"one run per Kafka partition range (up to {worker.max_records_per_run} records).",
+    )
+    def kafka_worker_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        servers = bootstrap_servers()
+        topic = worker.input_topic
+        progress = group_progress(servers, worker.consumer_group, topic)
+        in_flight = partitions_in_flight(context.instance, worker.name)
+        plan = plan_dispatch(
+            topic,
+            progress,
+            DispatchCursor.parse(context.cursor),
+            in_flight,
+            worker.max_records_per_run,
+            timestamp_at=lambda p, o: record_timestamp_ms(servers, topic, p, o),
+            first_offset_at=lambda p, ms: first_offset_at_or_after(servers, topic, p, ms),
+        )
+        for planned in plan.redispatched:
+            context.log.warning(
+                f"{planned.run_key(worker.name)}: the previous run of this range ended without "
+                "committing; dispatching it again")
+        requests = [
+            dg.RunRequest(
+                run_key=planned.run_key(worker.name),
+                partition_key=partition_key_for(planned.day),
+                run_config=range_run_config(worker, planned, asset_name),
+                tags=run_tags(worker, planned),
+            )
+            for planned in plan.runs
+        ]
+        lag = sum(p.lag for p in progress)
+        skip = None
+        if not requests:
+            skip = (f"lag {lag}" + (f"; runs in flight on partitions {sorted(in_flight)}"
+                                    if in_flight else ""))
+        return dg.SensorResult(run_requests=requests, cursor=plan.cursor.serialize(),
+                               skip_reason=skip)
+
+    return kafka_worker_sensor
