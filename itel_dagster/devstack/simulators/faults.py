@@ -29,7 +29,8 @@ class FaultPlan(BaseModel):
     error_status: int = Field(500, ge=400, le=599)
     burst_5xx: int = Field(0, ge=0)
     rate_limited: int = Field(0, ge=0)
-    retry_after_seconds: int = Field(1, ge=0)
+    # HTTP's Retry-After is whole seconds; a fraction (sent as e.g. "0.1") keeps tests fast.
+    retry_after_seconds: float = Field(1, ge=0)
     timeouts: int = Field(0, ge=0)
     timeout_seconds: float = Field(30, gt=0)
     reset_connections: int = Field(0, ge=0)
@@ -127,7 +128,7 @@ class FaultInjector:
             return InjectedFault("timeout", hang_seconds=plan.timeout_seconds)
         if plan.rate_limited:
             self._plan = plan.model_copy(update={"rate_limited": plan.rate_limited - 1})
-            retry_after = (("Retry-After", str(plan.retry_after_seconds)),)
+            retry_after = (("Retry-After", f"{plan.retry_after_seconds:g}"),)
             return InjectedFault("status", status=429, headers=retry_after)
         if plan.burst_5xx:
             self._plan = plan.model_copy(update={"burst_5xx": plan.burst_5xx - 1})

@@ -139,6 +139,7 @@ class SimulatorServer:
         self._lifecycle = threading.RLock()
         self._listener: _Listener | None = None
         self._reopen_timer: threading.Timer | None = None
+        self._refusals = 0  # numbers each refusal, so a late reopen cannot end a newer one
         self._started = False
         # Set by stop(); wakes requests sleeping through latency or a timeout fault.
         self._stopping = threading.Event()
@@ -208,23 +209,28 @@ class SimulatorServer:
             self._cancel_reopen()
             self._close_listener()
             self._drop_connections(keep)
-            self._reopen_timer = threading.Timer(seconds, self._reopen)
+            self._refusals += 1
+            self._reopen_timer = threading.Timer(seconds, self._reopen, args=(self._refusals,))
             self._reopen_timer.daemon = True
             self._reopen_timer.start()
 
-    def _reopen(self) -> None:
-        with self._lifecycle:
-            self._reopen_timer = None
-            if not self._started or self._listener is not None:
-                return
-            for _ in range(int(_REBIND_SECONDS / 0.05)):
+    def _refused(self) -> bool:
+        return self._started and self._listener is None
+
+    def _reopen(self, refusal: int) -> None:
+        for _ in range(int(_REBIND_SECONDS / 0.05)):
+            with self._lifecycle:
+                if refusal != self._refusals or not self._refused():
+                    return  # stopped, reopened by clear_faults(), or a newer refusal runs
                 try:
                     self._open_listener()
+                    self._reopen_timer = None
                     return
                 except OSError:
-                    if self._stopping.wait(0.05):
-                        return
-            logger.error("%s simulator could not listen on port %s again", self.name, self._port)
+                    pass  # the kernel still holds the port; the lock is released while waiting
+            if self._stopping.wait(0.05):
+                return
+        logger.error("%s simulator could not listen on port %s again", self.name, self._port)
 
     def _track(self, connection: socket.socket) -> None:
         with self._connections_lock:
@@ -263,7 +269,7 @@ class SimulatorServer:
         """No faults any more; a refusal in progress ends now."""
         plan = self.fault_injector.clear()
         with self._lifecycle:
-            if self._reopen_timer is not None:
+            if self._refused():
                 self._cancel_reopen()
                 self._open_listener()
         return plan.model_dump()
@@ -410,6 +416,9 @@ class _Listener(ThreadingHTTPServer):
 
 class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like the real APIs
+    # Headers and body go out as two writes; with Nagle on, each keep-alive request waits ~40 ms
+    # for the client's delayed ACK.
+    disable_nagle_algorithm = True
     server_version = "itel-dagster-simulator"
     server: _Listener
 
