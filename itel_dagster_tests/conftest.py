@@ -3,4 +3,5 @@
 pytest_plugins = [
     "itel_dagster_tests.fixtures.kafka_fixtures",
     "itel_dagster_tests.fixtures.simulator_fixtures",
+    "itel_dagster_tests.fixtures.pipeline_fixtures",
 ]
