@@ -1,9 +1,82 @@
-"""Placeholder, replaced by the real command."""
+"""`itel-dagster publish`: ClaimX task events (and chosen bad records) onto the pipeline's topic.
+
+Command-line wiring only; what is published and how lives in itel_dagster.devstack.publisher.
+"""
+
+from __future__ import annotations
 
 import click
 
+from itel_dagster.devstack.publisher.publish import DEFAULT_TOPIC, PublishError, publish_events
+
+_FRACTION = click.FloatRange(0.0, 1.0)
+
 
 @click.command()
-def publish() -> None:
-    """Not built yet."""
-    raise click.ClickException("not built yet")
+@click.option("--count", type=click.IntRange(min=0), default=1_000, show_default=True,
+              help="How many records to publish (ignored with --continuous).")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Records per second, evenly paced [default: as fast as the broker takes them].")
+@click.option("--bad-fraction", type=_FRACTION, default=0.0, show_default=True,
+              help="Share of records that are bad, spread evenly over malformed_json, "
+                   "missing_field, wrong_task_id, wrong_type, non_utf8 and oversized "
+                   "(Kafka header itel_bad_kind names the kind).")
+@click.option("--unknown-fraction", type=_FRACTION, default=0.0, show_default=True,
+              help="Share of assignments ClaimX does not know (its lookup answers 404); "
+                   "those events are valid.")
+@click.option("--days", type=click.FloatRange(min=0, min_open=True), default=3.0,
+              show_default=True, help="Event timestamps are spread over this many days up to now.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Same seed, same records (ids, statuses, bad kinds); timestamps follow now.")
+@click.option("--topic", default=DEFAULT_TOPIC, show_default=True, help="Topic to publish to.")
+@click.option("--bootstrap-servers", default=None,
+              help="Kafka address [default: KAFKA_BOOTSTRAP_SERVERS, else the local broker of "
+                   "`itel-dagster kafka start`].")
+@click.option("--continuous", is_flag=True,
+              help="Publish events stamped now until Ctrl-C or SIGTERM (or --duration), "
+                   "at --rate.")
+@click.option("--duration", "duration_seconds", type=click.FloatRange(min=0, min_open=True),
+              default=None, help="Stop after this many seconds.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (it shows above 1000 records).")
+def publish(count, rate, bad_fraction, unknown_fraction, days, seed, topic, bootstrap_servers,
+            continuous, duration_seconds, no_progress) -> None:
+    """Publish realistic ClaimX events of the iTel Cabinet Repair Form task (32513).
+
+    Each assignment goes assigned -> in_progress -> completed in order, keyed by assignment_id;
+    the Kafka record timestamp is the event's timestamp. Prints a summary at the end.
+
+    \b
+    Examples:
+      itel-dagster publish --count 100000
+      itel-dagster publish --count 600 --bad-fraction 0.1 --rate 200
+      itel-dagster publish --continuous --rate 2
+    """
+    if continuous and rate is None and duration_seconds is None:
+        raise click.UsageError("--continuous needs --rate (or --duration)")
+    try:
+        summary = publish_events(
+            bootstrap_servers or _default_bootstrap_servers(),
+            topic,
+            None if continuous else count,
+            rate_per_second=rate,
+            bad_fraction=bad_fraction,
+            unknown_fraction=unknown_fraction,
+            days=days,
+            seed=seed,
+            progress=not no_progress,
+            duration_seconds=duration_seconds,
+        )
+    except PublishError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(summary.describe())
+
+
+def _default_bootstrap_servers() -> str:
+    # Imported here: the broker module is the dev stack's, and its absence must not break --help.
+    from itel_dagster.devstack.kafka.classpath import KafkaSetupError
+    from itel_dagster.settings.kafka import bootstrap_servers
+
+    try:
+        return bootstrap_servers()
+    except KafkaSetupError as exc:
+        raise click.ClickException(str(exc)) from exc
