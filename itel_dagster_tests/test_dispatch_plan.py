@@ -19,8 +19,9 @@ def never(partition: int, ms: int):
     return None
 
 
-def plan(progress, cursor=None, in_flight=(), max_records=1000, ts=one_day, first=never):
-    return plan_dispatch("t", progress, cursor or DispatchCursor(), set(in_flight), max_records, ts, first)
+def plan(progress, cursor=None, in_flight=(), max_records=1000, ts=one_day, first=never, now=0.0):
+    return plan_dispatch("t", progress, cursor or DispatchCursor(), set(in_flight), max_records,
+                         ts, first, now=now, retry_pause_seconds=30, max_attempts=3)
 
 
 def test_ranges_start_at_committed_offsets_and_cap_at_max_records():
@@ -57,15 +58,30 @@ def test_next_tick_continues_after_a_committed_range():
 
 
 def test_uncommitted_range_without_a_run_is_dispatched_again_under_a_new_key():
-    first = plan([PartitionProgress(0, 10, 0, 60)])
-    retry = plan([PartitionProgress(0, 10, 0, 80)], cursor=first.cursor)
+    first = plan([PartitionProgress(0, 10, 0, 60)], now=1000)
+    too_soon = plan([PartitionProgress(0, 10, 0, 80)], cursor=first.cursor, now=1010)
+    assert too_soon.runs == [] and too_soon.waiting == {0: 20}
+    retry = plan([PartitionProgress(0, 10, 0, 80)], cursor=first.cursor, now=1030)
     [run] = retry.runs
     assert (run.range.start, run.range.end, run.attempt) == (10, 60, 2)
     assert run.run_key("w") == "w:t:0:10-60:attempt-2"
     assert retry.redispatched == [run]
     # Cursor survives serialization (it is the sensor cursor string).
-    again = plan([PartitionProgress(0, 10, 0, 80)], cursor=DispatchCursor.parse(retry.cursor.serialize()))
+    cursor = DispatchCursor.parse(retry.cursor.serialize())
+    assert plan([PartitionProgress(0, 10, 0, 80)], cursor=cursor, now=1080).runs == []  # pause doubled
+    again = plan([PartitionProgress(0, 10, 0, 80)], cursor=cursor, now=1090)
     assert again.runs[0].attempt == 3
+
+
+def test_a_range_that_keeps_failing_stops_its_partition_not_the_others():
+    cursor = DispatchCursor(dispatched={0: (10, 60)}, attempts={0: 3}, dispatched_at={0: 0.0})
+    result = plan([PartitionProgress(0, 10, 0, 60), PartitionProgress(1, 0, 0, 5)],
+                  cursor=cursor, now=10_000)
+    assert result.stuck == {0: (10, 3)}
+    assert [r.range.partition for r in result.runs] == [1]
+    # Once the offset moves (an operator commits past it), the partition flows again.
+    moved = plan([PartitionProgress(0, 60, 0, 70)], cursor=cursor, now=10_000)
+    assert [(r.range.start, r.attempt) for r in moved.runs] == [(60, 1)]
 
 
 def test_records_below_the_low_watermark_are_not_waited_for():

@@ -4,7 +4,6 @@ Graph-backed: each micro-batch run reads one Kafka range and runs the stages as 
 partition is the UTC day of the range's Kafka timestamps.
 """
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -4,7 +4,6 @@ The order is the guarantee: offsets move past a record only after its outcome (a
 send, and its success or error record) is durably in Kafka. It never commits on a count mismatch.
 """
 
-from __future__ import annotations
 
 import dagster as dg
 import polars as pl

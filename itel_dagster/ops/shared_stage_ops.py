@@ -4,7 +4,6 @@ One definition serves both workers: the worker comes from the run config of `rea
 A bad record becomes an error row here; no op raises because of a record's content.
 """
 
-from __future__ import annotations
 
 from datetime import datetime, timezone
 

@@ -5,7 +5,6 @@ batch's records become error records (stage delta_write), the run commits them t
 topic and then fails, so the UI and alerts see it while the API worker and later batches go on.
 """
 
-from __future__ import annotations
 
 import dagster as dg
 import polars as pl

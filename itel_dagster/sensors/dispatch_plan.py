@@ -3,7 +3,9 @@
 The consumer group's committed offsets are the truth of what is done; the cursor only remembers
 what was dispatched. A range starts at the committed offset, so nothing is skipped; a partition
 with a run in flight gets nothing, so nothing is dispatched twice and order holds. A range whose
-run ended without committing (failed after its retries) is dispatched again under a new run key.
+run ended without committing (failed after its retries) is dispatched again under a new run key,
+after a growing pause, and at most `max_attempts` times: a range that keeps failing stops its
+partition (reported as stuck) instead of looping.
 """
 
 from __future__ import annotations
@@ -42,10 +44,11 @@ class PlannedRun:
 
 @dataclass
 class DispatchCursor:
-    """Per partition: the end of the last dispatched range, and which attempt that was."""
+    """Per partition: the last dispatched range, which attempt it was, and when."""
 
     dispatched: dict[int, tuple[int, int]] = field(default_factory=dict)  # p -> (start, end)
     attempts: dict[int, int] = field(default_factory=dict)
+    dispatched_at: dict[int, float] = field(default_factory=dict)  # p -> epoch seconds
 
     @classmethod
     def parse(cls, raw: str | None) -> "DispatchCursor":
@@ -55,12 +58,14 @@ class DispatchCursor:
         return cls(
             dispatched={int(p): tuple(v) for p, v in data.get("dispatched", {}).items()},
             attempts={int(p): int(v) for p, v in data.get("attempts", {}).items()},
+            dispatched_at={int(p): float(v) for p, v in data.get("dispatched_at", {}).items()},
         )
 
     def serialize(self) -> str:
         return json.dumps({
             "dispatched": {str(p): list(v) for p, v in sorted(self.dispatched.items())},
             "attempts": {str(p): v for p, v in sorted(self.attempts.items())},
+            "dispatched_at": {str(p): v for p, v in sorted(self.dispatched_at.items())},
         })
 
 
@@ -77,6 +82,8 @@ class DispatchPlan:
     runs: list[PlannedRun]
     cursor: DispatchCursor
     redispatched: list[PlannedRun]  # ranges whose earlier run ended without committing
+    waiting: dict[int, float] = field(default_factory=dict)  # p -> seconds until re-dispatch
+    stuck: dict[int, tuple[int, int]] = field(default_factory=dict)  # p -> (offset, attempts)
 
 
 def plan_dispatch(
@@ -87,15 +94,36 @@ def plan_dispatch(
     max_records_per_run: int,
     timestamp_at: Callable[[int, int], int | None],
     first_offset_at: Callable[[int, int], int | None],
+    now: float = 0.0,
+    retry_pause_seconds: float = 30.0,
+    max_attempts: int = 5,
 ) -> DispatchPlan:
-    """timestamp_at(partition, offset) -> ms; first_offset_at(partition, ms) -> offset or None."""
+    """timestamp_at(partition, offset) -> ms; first_offset_at(partition, ms) -> offset or None.
+
+    A failed range waits retry_pause_seconds * 2^(attempt-1) before its next attempt.
+    """
     runs: list[PlannedRun] = []
     redispatched: list[PlannedRun] = []
-    new_cursor = DispatchCursor(dict(cursor.dispatched), dict(cursor.attempts))
+    waiting: dict[int, float] = {}
+    stuck: dict[int, tuple[int, int]] = {}
+    new_cursor = DispatchCursor(dict(cursor.dispatched), dict(cursor.attempts),
+                                dict(cursor.dispatched_at))
     for p in sorted(progress, key=lambda x: x.partition):
         if p.partition in in_flight or p.lag == 0:
             continue
         start = p.next_offset
+        previous = cursor.dispatched.get(p.partition)
+        unfinished = previous is not None and previous[0] <= start < previous[1]
+        if unfinished:
+            attempts_so_far = cursor.attempts.get(p.partition, 1)
+            if attempts_so_far >= max_attempts:
+                stuck[p.partition] = (start, attempts_so_far)
+                continue
+            due = cursor.dispatched_at.get(p.partition, 0.0) + retry_pause_seconds * 2 ** (
+                attempts_so_far - 1)
+            if now < due:
+                waiting[p.partition] = due - now
+                continue
         timestamp = timestamp_at(p.partition, start)
         if timestamp is None:
             continue  # the records vanished (retention) between reads; the next tick sees it
@@ -105,8 +133,6 @@ def plan_dispatch(
         next_day_offset = first_offset_at(p.partition, day_start_ms(day + timedelta(days=1)))
         if next_day_offset is not None and start < next_day_offset < end:
             end = next_day_offset
-        previous = cursor.dispatched.get(p.partition)
-        unfinished = previous is not None and previous[0] <= start < previous[1]
         attempt = cursor.attempts.get(p.partition, 1) + 1 if unfinished else 1
         if unfinished:
             # Same start as a dispatched range that never committed: keep the old range bounds
@@ -118,4 +144,5 @@ def plan_dispatch(
             redispatched.append(planned)
         new_cursor.dispatched[p.partition] = (start, end)
         new_cursor.attempts[p.partition] = attempt
-    return DispatchPlan(runs, new_cursor, redispatched)
+        new_cursor.dispatched_at[p.partition] = now
+    return DispatchPlan(runs, new_cursor, redispatched, waiting, stuck)

@@ -6,7 +6,8 @@ watermarks, and the runs commit after their results are durable. Run requests ca
 never payloads.
 """
 
-from __future__ import annotations
+
+import time
 
 import dagster as dg
 from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG
@@ -97,7 +98,7 @@ def run_tags(worker: WorkerSettings, planned: PlannedRun) -> dict[str, str]:
 
 def build_kafka_worker_sensor(
     worker: WorkerSettings,
-    job: dg.UnresolvedAssetJobDefinition,
+    job,  # the worker's asset job
     asset_name: str,
     minimum_interval_seconds: int = 10,
 ) -> dg.SensorDefinition:
@@ -124,6 +125,9 @@ def build_kafka_worker_sensor(
             worker.max_records_per_run,
             timestamp_at=lambda p, o: record_timestamp_ms(servers, topic, p, o),
             first_offset_at=lambda p, ms: first_offset_at_or_after(servers, topic, p, ms),
+            now=time.time(),
+            retry_pause_seconds=worker.redispatch_pause_seconds,
+            max_attempts=worker.max_dispatch_attempts,
         )
         for planned in plan.redispatched:
             context.log.warning(
@@ -138,11 +142,23 @@ def build_kafka_worker_sensor(
             )
             for planned in plan.runs
         ]
+        for partition, (offset, attempts) in plan.stuck.items():
+            context.log.error(
+                f"{topic}[{partition}] is stuck at offset {offset}: {attempts} runs failed on it. "
+                "Fix the cause, then commit past it or reset this sensor's cursor")
         lag = sum(p.lag for p in progress)
         skip = None
         if not requests:
-            skip = (f"lag {lag}" + (f"; runs in flight on partitions {sorted(in_flight)}"
-                                    if in_flight else ""))
+            notes = [f"lag {lag}"]
+            if in_flight:
+                notes.append(f"runs in flight on partitions {sorted(in_flight)}")
+            if plan.waiting:
+                notes.append("retry pause on partitions " + ", ".join(
+                    f"{p} ({s:.0f} s)" for p, s in sorted(plan.waiting.items())))
+            if plan.stuck:
+                notes.append("STUCK partitions " + ", ".join(
+                    f"{p} at offset {o}" for p, (o, _) in sorted(plan.stuck.items())))
+            skip = "; ".join(notes)
         return dg.SensorResult(run_requests=requests, cursor=plan.cursor.serialize(),
                                skip_reason=skip)
 

@@ -37,6 +37,10 @@ class WorkerSettings(_Strict):
     batch_size: int = Field(ge=1)
     max_records_per_run: int = Field(10_000, ge=1)
     sensor_interval_seconds: int = Field(10, ge=1, le=300)
+    # A range whose run failed is dispatched again after redispatch_pause_seconds, doubling
+    # each time, at most max_dispatch_attempts times; then its partition is reported stuck.
+    redispatch_pause_seconds: float = Field(30.0, ge=0)
+    max_dispatch_attempts: int = Field(5, ge=1)
     log_file: str
     priority: Literal["primary", "secondary"]
     stages: list[str]
