@@ -37,7 +37,8 @@ def publish_results_and_commit(
     if handled != batch.counts.get("read", 0):
         raise dg.Failure(
             f"{batch.counts.get('read', 0)} records read but {batch.rows.height} succeeded and "
-            f"{error_count} failed; offsets not committed"
+            f"{error_count} failed; offsets not committed",
+            allow_retries=False,
         )
     producer = kafka.results_producer(client_id=f"{settings.name}-results")
     producer.send(settings.success_topic, success_messages(batch.rows))
@@ -70,6 +71,7 @@ def publish_results_and_commit(
             f"{', '.join(failed_stages)} unavailable: {error_count} records of "
             f"{summary['kafka_range']} sent to {settings.error_topic}; offsets committed",
             metadata=summary,
+            allow_retries=False,  # the records are out and committed: a retry would repeat them
         )
     context.add_output_metadata(summary)
     return summary
