@@ -30,7 +30,8 @@ NOT_UTF8 = b'{"event_id": "e-\xff"}'
 
 def validated(values: list[bytes]):
     raw = raw_batch_from_records(
-        (TOPIC, 2, 500 + i, KAFKA_MS, None, value) for i, value in enumerate(values)
+        (TOPIC, 2, 500 + i, KAFKA_MS, f"key-{i}".encode() if i else None, value)
+        for i, value in enumerate(values)
     )
     return validate(transform(raw, worker=WORKER), world.ITEL_TASK_ID)
 
@@ -38,7 +39,7 @@ def validated(values: list[bytes]):
 def messages_by_offset(records: pl.DataFrame) -> dict[int, tuple[bytes | None, dict]]:
     return {
         record["kafka_offset"]: (key, record)
-        for key, value in error_record_messages(records)
+        for key, value, _headers in error_record_messages(records)
         for record in [orjson.loads(value)]
     }
 
@@ -54,22 +55,36 @@ def test_validation_errors_as_json_messages():
     messages = messages_by_offset(records)
     assert sorted(messages) == [501, 502]
     key, record = messages[501]
-    assert key == wrong["event_id"].encode()
+    assert key == b"key-1"  # keyed as the input record
     assert list(record) == list(ERROR_RECORD_FIELDS)
     assert record == {
         "event_id": wrong["event_id"],
         "worker": WORKER,
         "stage": "validate",
         "error_type": "wrong_type",
-        "reason": "task_id is 'abc' (string), expected an integer",
+        "error_message": "task_id is 'abc' (string), expected an integer",
         "attempt": 1,
         "kafka_topic": TOPIC,
         "kafka_partition": 2,
         "kafka_offset": 501,
         "kafka_timestamp": "2026-11-28T12:34:56.789Z",
+        "kafka_key": "key-1",
         "original_payload": orjson.dumps(wrong).decode(),
         "failed_at": "2026-11-28T12:40:01.250000Z",
     }
+
+
+def test_headers_repeat_the_facts_without_the_payload():
+    wrong = tracking_event(world.FIRST_ASSIGNMENT_ID + 1, task_id=32514)
+    result = validated([orjson.dumps(tracking_event(world.FIRST_ASSIGNMENT_ID)), orjson.dumps(wrong)])
+    [(key, value, headers)] = error_record_messages(
+        error_records(result.errors, WORKER, "validate", failed_at=FAILED_AT))
+    facts = {name: raw.decode() for name, raw in headers}
+    assert facts["error_type"] == "wrong_task_id"
+    assert facts["stage"] == "validate" and facts["worker"] == WORKER
+    assert (facts["kafka_topic"], facts["kafka_partition"], facts["kafka_offset"]) == (TOPIC, "2", "501")
+    assert facts["event_id"] == wrong["event_id"] and facts["attempt"] == "1"
+    assert "original_payload" not in facts and "task_id is 32514" in facts["error_message"]
 
 
 def test_non_utf8_payload_survives_in_the_message():
@@ -97,9 +112,9 @@ def test_later_stage_failures_with_one_reason_or_a_column():
     )
 
     assert same.schema == per_row.schema == ERROR_RECORD_SCHEMA
-    assert same["reason"].to_list() == ["commit conflict"] * 3
+    assert same["error_message"].to_list() == ["commit conflict"] * 3
     assert same["event_id"].to_list() == valid["event_id"].to_list()
-    assert per_row["reason"].to_list() == [f"iTel API answered HTTP {s}" for s in (500, 503, 429)]
+    assert per_row["error_message"].to_list() == [f"iTel API answered HTTP {s}" for s in (500, 503, 429)]
     assert per_row["stage"].unique().to_list() == ["itel_api_send"]
     payloads = [record["original_payload"] for _, record in messages_by_offset(per_row).values()]
     assert payloads == valid["original_payload"].to_list()

@@ -46,10 +46,15 @@ def test_thousand_events_with_bad_records_land_exactly_once(pipeline):
     enriched = json.loads(table["claimx_task_full"][0])
     assert enriched["assignment_id"] == table["assignment_id"][0]
 
-    errors = [json.loads(m.value()) for m in pipeline.consume_all(pipeline.tracking.error_topic)]
+    error_messages = pipeline.consume_all(pipeline.tracking.error_topic)
+    errors = [json.loads(m.value()) for m in error_messages]
     assert len(errors) == len(bad)
+    # Keyed as the input (the assignment_id), the facts repeated as headers.
+    assert {m.key() for m in error_messages} <= {r.key for r in bad}
+    assert all(dict(m.headers())["error_type"].decode() == json.loads(m.value())["error_type"]
+               for m in error_messages)
     by_offset = {(e["kafka_partition"], e["kafka_offset"]): e for e in errors}
-    assert all(e["stage"] == "validate" and e["worker"] == TRACKING and e["reason"] for e in errors)
+    assert all(e["stage"] == "validate" and e["worker"] == TRACKING and e["error_message"] for e in errors)
     kinds = Counter(e["error_type"] for e in errors)
     assert kinds == {"malformed_json": 50, "missing_field": 50, "wrong_task_id": 50,
                      "wrong_type": 50, "non_utf8": 50, "oversized": 50}

@@ -32,12 +32,15 @@ class ResultsProducer:
         if error is not None:
             self._failures.append(f"{message.topic()}: {error}")
 
-    def send(self, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> int:
+    def send(self, topic: str, records: Iterable[tuple]) -> int:
+        """records: (key, value) or (key, value, headers) tuples."""
         count = 0
-        for key, value in records:
+        for key, value, *rest in records:
+            headers = rest[0] if rest else None
             while True:
                 try:
-                    self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
+                    self._producer.produce(topic, value=value, key=key, headers=headers,
+                                           on_delivery=self._on_delivery)
                     break
                 except BufferError:  # local queue full: let deliveries drain, then go on
                     self._producer.poll(0.5)

@@ -20,17 +20,19 @@ ERROR_RECORD_SCHEMA = pl.Schema(
         "worker": pl.String,
         "stage": pl.String,
         "error_type": pl.String,
-        "reason": pl.String,
+        "error_message": pl.String,
         "attempt": pl.Int64,
         "kafka_topic": pl.String,
         "kafka_partition": pl.Int32,
         "kafka_offset": pl.Int64,
         "kafka_timestamp": pl.Datetime("ms", "UTC"),
+        "kafka_key": pl.String,
         "original_payload": pl.String,
         "failed_at": pl.Datetime("us", "UTC"),
     }
 )
 ERROR_RECORD_FIELDS = tuple(ERROR_RECORD_SCHEMA)
+_HEADER_FIELDS = tuple(f for f in ERROR_RECORD_FIELDS if f not in {"original_payload", "kafka_key"})
 
 # ISO 8601 in UTC, as the JSON of a record writes the two timestamps.
 _ISO_FORMATS = {"kafka_timestamp": "%Y-%m-%dT%H:%M:%S%.3fZ", "failed_at": "%Y-%m-%dT%H:%M:%S%.6fZ"}
@@ -47,7 +49,7 @@ def stage_failures(
     """Error records (ERROR_RECORD_SCHEMA) of `rows`, which all failed in `stage`.
 
     `rows` needs kafka_topic, kafka_partition, kafka_offset, kafka_timestamp and original_payload,
-    as every stage's frame carries them; event_id and attempt are used when present (else null and
+    as every stage's frame carries them; event_id, kafka_key and attempt are used when present (else null and
     1; a replay that fails again passes its rows' attempt + 1). error_type and reason are one value
     for all rows, or expressions over `rows`, e.g. pl.col("http_error").
     """
@@ -56,17 +58,19 @@ def stage_failures(
     present = set(rows.columns)
     event_id = pl.col("event_id") if "event_id" in present else pl.lit(None)
     attempt = pl.col("attempt") if "attempt" in present else pl.lit(1)
+    key = pl.col("kafka_key") if "kafka_key" in present else pl.lit(None)
     return rows.select(
         event_id.cast(pl.String).alias("event_id"),
         pl.lit(worker, pl.String).alias("worker"),
         pl.lit(stage, pl.String).alias("stage"),
         _as_expr(error_type).cast(pl.String).alias("error_type"),
-        _as_expr(reason).cast(pl.String).alias("reason"),
+        _as_expr(reason).cast(pl.String).alias("error_message"),
         attempt.cast(pl.Int64).alias("attempt"),
         pl.col("kafka_topic").cast(pl.String),
         pl.col("kafka_partition").cast(pl.Int32),
         pl.col("kafka_offset").cast(pl.Int64),
         pl.col("kafka_timestamp").cast(pl.Datetime("ms", "UTC")),
+        key.cast(pl.String).alias("kafka_key"),
         pl.col("original_payload").cast(pl.String),
         pl.lit(as_utc(failed_at), pl.Datetime("us", "UTC")).alias("failed_at"),
     )
@@ -79,11 +83,19 @@ def error_records(
     return stage_failures(errors, worker, stage, pl.col("error_type"), pl.col("reason"), failed_at)
 
 
-def error_record_messages(records: pl.DataFrame) -> list[tuple[bytes | None, bytes]]:
-    """(key, value) Kafka messages of error records: key the event_id (None without one), value
-    the record as a JSON object with the ERROR_RECORD_FIELDS, timestamps as ISO 8601 UTC strings."""
+def error_record_messages(records: pl.DataFrame) -> list[tuple[bytes | None, bytes, list]]:
+    """(key, value, headers) Kafka messages of error records, keyed as the input record was.
+
+    The value is the record as a JSON object with the ERROR_RECORD_FIELDS, timestamps as ISO 8601
+    UTC strings; the headers repeat its facts (all but the payload) so tools can filter on them.
+    """
+    as_text = [
+        pl.col(name).dt.to_string(_ISO_FORMATS[name]) if name in _ISO_FORMATS
+        else pl.col(name).cast(pl.String)
+        for name in _HEADER_FIELDS
+    ]
     encoded = records.select(
-        pl.col("event_id").cast(pl.Binary).alias("key"),
+        pl.col("kafka_key").cast(pl.Binary).alias("key"),
         pl.struct(
             pl.col(name).dt.to_string(_ISO_FORMATS[name]) if name in _ISO_FORMATS else pl.col(name)
             for name in ERROR_RECORD_FIELDS
@@ -91,8 +103,15 @@ def error_record_messages(records: pl.DataFrame) -> list[tuple[bytes | None, byt
         .struct.json_encode()
         .cast(pl.Binary)
         .alias("value"),
+        *as_text,
     )
-    return list(zip(encoded["key"].to_list(), encoded["value"].to_list()))
+    messages = []
+    for row in encoded.iter_rows():
+        key, value, *facts = row
+        headers = [(name, text.encode()) for name, text in zip(_HEADER_FIELDS, facts)
+                   if text is not None]
+        messages.append((key, value, headers))
+    return messages
 
 
 def _as_expr(value: str | pl.Expr) -> pl.Expr:
