@@ -17,7 +17,14 @@ def test_definitions_load_without_services(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     module = importlib.reload(importlib.import_module("itel_dagster.definitions"))
     assert isinstance(module.defs, dg.Definitions)
-    module.defs.get_repository_def().load_all_definitions()
+    repository = module.defs.get_repository_def()
+    repository.load_all_definitions()
+    sensor = repository.get_sensor_def("itel_cabinet_tracking_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.minimum_interval_seconds == 10
+    assert sensor.job_name == "itel_cabinet_tracking_job"
+    job = module.defs.resolve_job_def("itel_cabinet_tracking_job")
+    assert job.partitions_def.end_offset == 1  # today's partition exists
 
 
 def test_workspace_loads_with_dagster_cli(tmp_path):

@@ -66,6 +66,15 @@ def test_thousand_events_with_bad_records_land_exactly_once(pipeline):
 
     assert pipeline.lag(TRACKING) == 0
     assert set(pipeline.committed(API).values()) == {None}  # the API worker's group untouched
+
+    metadata = [event.materialization.metadata for r in results
+                for event in r.get_asset_materialization_events()]
+    assert len(metadata) == len(results)
+    assert sum(m["records"].value for m in metadata) == 1000
+    assert sum(m["failed"].value for m in metadata) == len(bad)
+    assert sum(m["delta_inserted"].value for m in metadata) == len(valid)
+    assert all({"kafka_range", "duration_seconds", "delta_version", "enrichment_enriched"} <= set(m)
+               for m in metadata if m["succeeded"].value)
     log = (pipeline.root / "logs" / "tracking_worker.log").read_text()
     assert "committed" in log and "invalid records go to" in log
 

@@ -5,6 +5,8 @@ send, and its success or error record) is durably in Kafka. It never commits on 
 """
 
 
+import time
+
 import dagster as dg
 import polars as pl
 
@@ -55,6 +57,8 @@ def publish_results_and_commit(
         "failed": error_count,
         "committed_offset": r.end,
         "commit_moved": bool(committed),
+        "missing_offsets": batch.missing_offsets,
+        "duration_seconds": round(time.monotonic() - batch.started_at, 3),
         **{k: v for k, v in batch.counts.items()
            if k != "read" and not k.startswith("failed_stage_")},
     }

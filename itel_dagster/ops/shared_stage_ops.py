@@ -107,4 +107,5 @@ def claimx_lookup(
         **{f"enrichment_{status}": n for status, n in statuses.items()},
     })
     return batch.next(enriched, claimx_requests=lookups.requests_made,
-                      claimx_cache_hits=lookups.cache_hits)
+                      claimx_cache_hits=lookups.cache_hits,
+                      **{f"enrichment_{status}": n for status, n in statuses.items()})

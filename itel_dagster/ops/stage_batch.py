@@ -5,6 +5,7 @@ It also carries the Kafka range it came from, so the last op knows what to commi
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 
 import polars as pl
@@ -21,6 +22,7 @@ class StageBatch:
     errors: list[pl.DataFrame] = field(default_factory=list)  # error-record frames, per stage
     missing_offsets: int = 0
     counts: dict[str, int] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.monotonic)
 
     @property
     def settings(self) -> WorkerSettings:
