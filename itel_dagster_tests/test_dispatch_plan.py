@@ -1,11 +1,11 @@
-"""The sensor's dispatch decisions: from committed offsets, one range per partition, per day."""
+"""The sensor's dispatch decisions: from committed offsets and each partition's last run."""
 
 from __future__ import annotations
 
 from datetime import date
 
 from itel_dagster.kafka.offsets import PartitionProgress
-from itel_dagster.sensors.dispatch_plan import DispatchCursor, day_start_ms, plan_dispatch
+from itel_dagster.sensors.dispatch_plan import LastRun, day_start_ms, plan_dispatch
 
 DAY1 = day_start_ms(date(2026, 11, 27))
 DAY2 = day_start_ms(date(2026, 11, 28))
@@ -19,9 +19,9 @@ def never(partition: int, ms: int):
     return None
 
 
-def plan(progress, cursor=None, in_flight=(), max_records=1000, ts=one_day, first=never, now=0.0):
-    return plan_dispatch("t", progress, cursor or DispatchCursor(), set(in_flight), max_records,
-                         ts, first, now=now, retry_pause_seconds=30, max_attempts=3)
+def plan(progress, last=None, in_flight=(), max_records=1000, ts=one_day, first=never, now=0.0):
+    return plan_dispatch("t", progress, last or {}, set(in_flight), max_records, ts, first,
+                         now=now, retry_pause_seconds=30, max_attempts=3)
 
 
 def test_ranges_start_at_committed_offsets_and_cap_at_max_records():
@@ -50,38 +50,46 @@ def test_range_never_spans_two_days():
     assert (run.range.start, run.range.end, run.day) == (0, 30, date(2026, 11, 27))
 
 
-def test_next_tick_continues_after_a_committed_range():
-    first = plan([PartitionProgress(0, None, 0, 150)], max_records=100)
-    second = plan([PartitionProgress(0, 100, 0, 150)], cursor=first.cursor, max_records=100)
-    assert [(r.range.start, r.range.end, r.attempt) for r in second.runs] == [(100, 150, 1)]
-    assert second.redispatched == []
+def test_next_range_after_a_committed_one_is_a_first_attempt():
+    last = {0: LastRun(0, 100, attempt=1, failed=False, failures_before=0, ended_at=0)}
+    result = plan([PartitionProgress(0, 100, 0, 150)], last=last)
+    assert [(r.range.start, r.range.end, r.attempt) for r in result.runs] == [(100, 150, 1)]
+    assert result.redispatched == []
 
 
-def test_uncommitted_range_without_a_run_is_dispatched_again_under_a_new_key():
-    first = plan([PartitionProgress(0, 10, 0, 60)], now=1000)
-    too_soon = plan([PartitionProgress(0, 10, 0, 80)], cursor=first.cursor, now=1010)
+def test_failed_range_waits_then_goes_again_under_a_new_key():
+    last = {0: LastRun(10, 60, attempt=1, failed=True, failures_before=0, ended_at=1000)}
+    too_soon = plan([PartitionProgress(0, 10, 0, 80)], last=last, now=1010)
     assert too_soon.runs == [] and too_soon.waiting == {0: 20}
-    retry = plan([PartitionProgress(0, 10, 0, 80)], cursor=first.cursor, now=1030)
+    retry = plan([PartitionProgress(0, 10, 0, 80)], last=last, now=1030)
     [run] = retry.runs
-    assert (run.range.start, run.range.end, run.attempt) == (10, 60, 2)
+    assert (run.range.start, run.range.end, run.attempt, run.failures_before) == (10, 60, 2, 1)
     assert run.run_key("w") == "w:t:0:10-60:attempt-2"
     assert retry.redispatched == [run]
-    # Cursor survives serialization (it is the sensor cursor string).
-    cursor = DispatchCursor.parse(retry.cursor.serialize())
-    assert plan([PartitionProgress(0, 10, 0, 80)], cursor=cursor, now=1080).runs == []  # pause doubled
-    again = plan([PartitionProgress(0, 10, 0, 80)], cursor=cursor, now=1090)
-    assert again.runs[0].attempt == 3
+    # The second failure doubles the pause.
+    again = {0: LastRun(10, 60, attempt=2, failed=True, failures_before=1, ended_at=2000)}
+    assert plan([PartitionProgress(0, 10, 0, 80)], last=again, now=2059).runs == []
+    assert plan([PartitionProgress(0, 10, 0, 80)], last=again, now=2060).runs[0].attempt == 3
 
 
 def test_a_range_that_keeps_failing_stops_its_partition_not_the_others():
-    cursor = DispatchCursor(dispatched={0: (10, 60)}, attempts={0: 3}, dispatched_at={0: 0.0})
+    last = {0: LastRun(10, 60, attempt=3, failed=True, failures_before=2, ended_at=0)}
     result = plan([PartitionProgress(0, 10, 0, 60), PartitionProgress(1, 0, 0, 5)],
-                  cursor=cursor, now=10_000)
+                  last=last, now=10_000)
     assert result.stuck == {0: (10, 3)}
     assert [r.range.partition for r in result.runs] == [1]
-    # Once the offset moves (an operator commits past it), the partition flows again.
-    moved = plan([PartitionProgress(0, 60, 0, 70)], cursor=cursor, now=10_000)
+    # Once the offset moves (the fixed run re-executed, or an operator commits past it), it flows.
+    moved = plan([PartitionProgress(0, 60, 0, 70)], last=last, now=10_000)
     assert [(r.range.start, r.attempt) for r in moved.runs] == [(60, 1)]
+
+
+def test_a_run_that_stopped_on_purpose_continues_at_once_with_a_new_key():
+    # E.g. the API worker's breaker opened: the run succeeded but committed only up to 25.
+    last = {0: LastRun(10, 60, attempt=1, failed=False, failures_before=0, ended_at=1000)}
+    result = plan([PartitionProgress(0, 25, 0, 60)], last=last, now=1000)
+    [run] = result.runs
+    assert (run.range.start, run.range.end, run.attempt, run.failures_before) == (25, 60, 2, 0)
+    assert result.redispatched == [] and result.waiting == {}
 
 
 def test_records_below_the_low_watermark_are_not_waited_for():

@@ -1,16 +1,16 @@
 """Decides which Kafka offset ranges a worker's sensor dispatches on one tick (pure).
 
-The consumer group's committed offsets are the truth of what is done; the cursor only remembers
-what was dispatched. A range starts at the committed offset, so nothing is skipped; a partition
-with a run in flight gets nothing, so nothing is dispatched twice and order holds. A range whose
-run ended without committing (failed after its retries) is dispatched again under a new run key,
-after a growing pause, and at most `max_attempts` times: a range that keeps failing stops its
-partition (reported as stuck) instead of looping.
+Two facts decide, never the sensor cursor alone: the consumer group's committed offsets (what is
+done) and each partition's last run (what was tried). A range starts at the committed offset, so
+nothing is skipped; a partition with a run in flight gets nothing, so nothing is dispatched twice
+and order holds. A range whose last run ended before committing all of it is dispatched again
+under a new run key: at once when that run succeeded (it stopped on purpose, e.g. an open circuit
+breaker), after a growing pause when it failed, and never after `max_attempts` failed runs in a
+row: that partition is then reported stuck instead of looping.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -31,42 +31,28 @@ class KafkaRange:
 
 
 @dataclass(frozen=True)
+class LastRun:
+    """The most recent finished run of a worker on one Kafka partition (from its run tags)."""
+
+    start: int
+    end: int
+    attempt: int
+    failed: bool
+    failures_before: int  # failed runs on this range in a row before that run
+    ended_at: float  # epoch seconds
+
+
+@dataclass(frozen=True)
 class PlannedRun:
     range: KafkaRange
     day: date  # UTC day of the records' Kafka timestamps: the run's partition key
-    attempt: int
+    attempt: int = 1
+    failures_before: int = 0
 
     def run_key(self, worker: str) -> str:
         r = self.range
         key = f"{worker}:{r.topic}:{r.partition}:{r.start}-{r.end}"
         return key if self.attempt == 1 else f"{key}:attempt-{self.attempt}"
-
-
-@dataclass
-class DispatchCursor:
-    """Per partition: the last dispatched range, which attempt it was, and when."""
-
-    dispatched: dict[int, tuple[int, int]] = field(default_factory=dict)  # p -> (start, end)
-    attempts: dict[int, int] = field(default_factory=dict)
-    dispatched_at: dict[int, float] = field(default_factory=dict)  # p -> epoch seconds
-
-    @classmethod
-    def parse(cls, raw: str | None) -> "DispatchCursor":
-        if not raw:
-            return cls()
-        data = json.loads(raw)
-        return cls(
-            dispatched={int(p): tuple(v) for p, v in data.get("dispatched", {}).items()},
-            attempts={int(p): int(v) for p, v in data.get("attempts", {}).items()},
-            dispatched_at={int(p): float(v) for p, v in data.get("dispatched_at", {}).items()},
-        )
-
-    def serialize(self) -> str:
-        return json.dumps({
-            "dispatched": {str(p): list(v) for p, v in sorted(self.dispatched.items())},
-            "attempts": {str(p): v for p, v in sorted(self.attempts.items())},
-            "dispatched_at": {str(p): v for p, v in sorted(self.dispatched_at.items())},
-        })
 
 
 def utc_day(timestamp_ms: int) -> date:
@@ -80,16 +66,15 @@ def day_start_ms(day: date) -> int:
 @dataclass
 class DispatchPlan:
     runs: list[PlannedRun]
-    cursor: DispatchCursor
-    redispatched: list[PlannedRun]  # ranges whose earlier run ended without committing
+    redispatched: list[PlannedRun]  # ranges whose last run failed before committing
     waiting: dict[int, float] = field(default_factory=dict)  # p -> seconds until re-dispatch
-    stuck: dict[int, tuple[int, int]] = field(default_factory=dict)  # p -> (offset, attempts)
+    stuck: dict[int, tuple[int, int]] = field(default_factory=dict)  # p -> (offset, failures)
 
 
 def plan_dispatch(
     topic: str,
     progress: list[PartitionProgress],
-    cursor: DispatchCursor,
+    last_runs: dict[int, LastRun],
     in_flight: set[int],
     max_records_per_run: int,
     timestamp_at: Callable[[int, int], int | None],
@@ -100,30 +85,27 @@ def plan_dispatch(
 ) -> DispatchPlan:
     """timestamp_at(partition, offset) -> ms; first_offset_at(partition, ms) -> offset or None.
 
-    A failed range waits retry_pause_seconds * 2^(attempt-1) before its next attempt.
+    After its n-th failed run in a row, a range waits retry_pause_seconds * 2^(n-1).
     """
-    runs: list[PlannedRun] = []
-    redispatched: list[PlannedRun] = []
-    waiting: dict[int, float] = {}
-    stuck: dict[int, tuple[int, int]] = {}
-    new_cursor = DispatchCursor(dict(cursor.dispatched), dict(cursor.attempts),
-                                dict(cursor.dispatched_at))
+    plan = DispatchPlan(runs=[], redispatched=[])
     for p in sorted(progress, key=lambda x: x.partition):
         if p.partition in in_flight or p.lag == 0:
             continue
         start = p.next_offset
-        previous = cursor.dispatched.get(p.partition)
-        unfinished = previous is not None and previous[0] <= start < previous[1]
+        last = last_runs.get(p.partition)
+        unfinished = last is not None and last.start <= start < last.end
+        attempt, failures = 1, 0
         if unfinished:
-            attempts_so_far = cursor.attempts.get(p.partition, 1)
-            if attempts_so_far >= max_attempts:
-                stuck[p.partition] = (start, attempts_so_far)
-                continue
-            due = cursor.dispatched_at.get(p.partition, 0.0) + retry_pause_seconds * 2 ** (
-                attempts_so_far - 1)
-            if now < due:
-                waiting[p.partition] = due - now
-                continue
+            attempt = last.attempt + 1
+            if last.failed:
+                failures = last.failures_before + 1
+                if failures >= max_attempts:
+                    plan.stuck[p.partition] = (start, failures)
+                    continue
+                due = last.ended_at + retry_pause_seconds * 2 ** (failures - 1)
+                if now < due:
+                    plan.waiting[p.partition] = due - now
+                    continue
         timestamp = timestamp_at(p.partition, start)
         if timestamp is None:
             continue  # the records vanished (retention) between reads; the next tick sees it
@@ -133,16 +115,10 @@ def plan_dispatch(
         next_day_offset = first_offset_at(p.partition, day_start_ms(day + timedelta(days=1)))
         if next_day_offset is not None and start < next_day_offset < end:
             end = next_day_offset
-        attempt = cursor.attempts.get(p.partition, 1) + 1 if unfinished else 1
         if unfinished:
-            # Same start as a dispatched range that never committed: keep the old range bounds
-            # only if they still hold one day; a new key makes Dagster accept the request.
-            end = min(end, previous[1])
-        planned = PlannedRun(KafkaRange(topic, p.partition, start, end), day, attempt)
-        runs.append(planned)
-        if unfinished:
-            redispatched.append(planned)
-        new_cursor.dispatched[p.partition] = (start, end)
-        new_cursor.attempts[p.partition] = attempt
-        new_cursor.dispatched_at[p.partition] = now
-    return DispatchPlan(runs, new_cursor, redispatched, waiting, stuck)
+            end = min(end, last.end)  # the same range again, under a new key
+        planned = PlannedRun(KafkaRange(topic, p.partition, start, end), day, attempt, failures)
+        plan.runs.append(planned)
+        if failures:
+            plan.redispatched.append(planned)
+    return plan

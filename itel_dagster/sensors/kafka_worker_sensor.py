@@ -14,13 +14,17 @@ from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG
 
 from itel_dagster.kafka.offsets import first_offset_at_or_after, group_progress, record_timestamp_ms
 from itel_dagster.partitions import daily_partitions
-from itel_dagster.sensors.dispatch_plan import DispatchCursor, PlannedRun, plan_dispatch
+from itel_dagster.sensors.dispatch_plan import LastRun, PlannedRun, plan_dispatch
 from itel_dagster.settings.kafka import bootstrap_servers
 from itel_dagster.settings.workers import WorkerSettings
 
 WORKER_TAG = "itel/worker"
 KAFKA_PARTITION_TAG = "itel/kafka_partition"
 KAFKA_RANGE_TAG = "itel/kafka_range"
+RANGE_START_TAG = "itel/range_start"
+RANGE_END_TAG = "itel/range_end"
+ATTEMPT_TAG = "itel/attempt"
+FAILURES_BEFORE_TAG = "itel/failures_before"
 # One lane per worker and Kafka partition; dagster.yaml limits each lane to one run at a time.
 LANE_TAG = "itel/lane"
 
@@ -55,6 +59,33 @@ def partitions_in_flight(instance: dg.DagsterInstance, worker: str) -> set[int]:
     return busy
 
 
+def last_runs(instance: dg.DagsterInstance, worker: str, partitions: list[int]) -> dict[int, LastRun]:
+    """Each partition's most recent finished run, read back from its tags."""
+    found: dict[int, LastRun] = {}
+    for partition in partitions:
+        records = instance.get_run_records(
+            filters=dg.RunsFilter(
+                tags={WORKER_TAG: worker, KAFKA_PARTITION_TAG: str(partition)},
+                statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE,
+                          dg.DagsterRunStatus.CANCELED],
+            ),
+            limit=1,
+        )
+        if not records or RANGE_START_TAG not in records[0].dagster_run.tags:
+            continue
+        record = records[0]
+        tags = record.dagster_run.tags
+        found[partition] = LastRun(
+            start=int(tags[RANGE_START_TAG]),
+            end=int(tags[RANGE_END_TAG]),
+            attempt=int(tags.get(ATTEMPT_TAG, "1")),
+            failed=record.dagster_run.status != dg.DagsterRunStatus.SUCCESS,
+            failures_before=int(tags.get(FAILURES_BEFORE_TAG, "0")),
+            ended_at=record.end_time or record.update_timestamp.timestamp(),
+        )
+    return found
+
+
 def partition_key_for(day) -> str:
     """The day's partition key, clamped to the partitions that exist (records stamped before the
     first day, or up to an hour into tomorrow, still get a run)."""
@@ -87,7 +118,10 @@ def run_tags(worker: WorkerSettings, planned: PlannedRun) -> dict[str, str]:
         KAFKA_PARTITION_TAG: str(r.partition),
         KAFKA_RANGE_TAG: f"{r.topic}[{r.partition}] {r.start}-{r.end}",
         LANE_TAG: f"{worker.name}:{r.partition}",
-        "itel/attempt": str(planned.attempt),
+        RANGE_START_TAG: str(r.start),
+        RANGE_END_TAG: str(r.end),
+        ATTEMPT_TAG: str(planned.attempt),
+        FAILURES_BEFORE_TAG: str(planned.failures_before),
         "dagster/max_retries": str(retry.run_max_retries),
         "dagster/retry_strategy": retry.run_retry_strategy,
         # Op failures are retried by the ops' RetryPolicy, then re-dispatched by this sensor;
@@ -120,7 +154,7 @@ def build_kafka_worker_sensor(
         plan = plan_dispatch(
             topic,
             progress,
-            DispatchCursor.parse(context.cursor),
+            last_runs(context.instance, worker.name, [p.partition for p in progress]),
             in_flight,
             worker.max_records_per_run,
             timestamp_at=lambda p, o: record_timestamp_ms(servers, topic, p, o),
@@ -131,8 +165,8 @@ def build_kafka_worker_sensor(
         )
         for planned in plan.redispatched:
             context.log.warning(
-                f"{planned.run_key(worker.name)}: the previous run of this range ended without "
-                "committing; dispatching it again")
+                f"{planned.run_key(worker.name)}: {planned.failures_before} run(s) failed on this "
+                "range before committing it; dispatching it again")
         requests = [
             dg.RunRequest(
                 run_key=planned.run_key(worker.name),
@@ -145,7 +179,7 @@ def build_kafka_worker_sensor(
         for partition, (offset, attempts) in plan.stuck.items():
             context.log.error(
                 f"{topic}[{partition}] is stuck at offset {offset}: {attempts} runs failed on it. "
-                "Fix the cause, then commit past it or reset this sensor's cursor")
+                "Fix the cause, then re-execute its last run from the UI (or commit past the offset)")
         lag = sum(p.lag for p in progress)
         skip = None
         if not requests:
@@ -159,7 +193,9 @@ def build_kafka_worker_sensor(
                 notes.append("STUCK partitions " + ", ".join(
                     f"{p} at offset {o}" for p, (o, _) in sorted(plan.stuck.items())))
             skip = "; ".join(notes)
-        return dg.SensorResult(run_requests=requests, cursor=plan.cursor.serialize(),
+        # The cursor is for people: what was dispatched last. Offsets and runs are the truth.
+        cursor = ", ".join(f"{r.range.partition}:{r.range.start}-{r.range.end}" for r in plan.runs)
+        return dg.SensorResult(run_requests=requests, cursor=cursor or context.cursor,
                                skip_reason=skip)
 
     return kafka_worker_sensor
