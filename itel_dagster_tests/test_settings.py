@@ -156,3 +156,31 @@ def test_kafka_settings(monkeypatch, tmp_path):
     monkeypatch.setenv("ITEL_KAFKA_PARTITIONS", "zero")
     with pytest.raises(ValueError, match="ITEL_KAFKA_PARTITIONS"):
         default_partitions()
+
+
+def test_itel_auth_modes_and_payload_mapping():
+    env = {"ITEL_CABINET_API_BASE_URL": "http://127.0.0.1:8082"}
+    with pytest.raises(ConfigError, match="auth_type 'bearer' needs auth_token: set ITEL_CABINET_API_TOKEN"):
+        load_itel_connection(env)
+    oauth = dict(env, ITEL_AUTH_TYPE="oauth2_client_credentials")
+    with pytest.raises(ConfigError, match="ITEL_OAUTH_CLIENT_SECRET"):
+        load_itel_connection(oauth)
+    oauth.update(ITEL_OAUTH_TOKEN_URL="http://127.0.0.1:8082/oauth/token",
+                 ITEL_OAUTH_CLIENT_ID="client", ITEL_OAUTH_CLIENT_SECRET="very-secret")
+    settings = load_itel_connection(oauth)
+    assert settings.oauth2.client_id == "client"
+    assert "very-secret" not in repr(settings)
+    assert settings.batch.enabled is False and settings.batch.size == 50
+    assert settings.circuit_breaker.failure_threshold == 5
+    assert settings.payload["repair_details"]["cabinet_id"][0] == "claimx.custom_fields.cabinet_id"
+
+
+def test_payload_source_must_be_known(tmp_path, monkeypatch):
+    config = tmp_path / "config"
+    target = config / "plugins/shared/connections/app.itel.yaml"
+    target.parent.mkdir(parents=True)
+    source = (paths.PROJECT_ROOT / "config/plugins/shared/connections/app.itel.yaml").read_text()
+    target.write_text(source.replace("source_system: =claimx", "source_system: claimx"))
+    monkeypatch.setenv("ITEL_CONFIG_DIR", str(config))
+    with pytest.raises(ConfigError, match=r"payload.source_system: source 'claimx' must be"):
+        load_itel_connection(FULL_ENV)
