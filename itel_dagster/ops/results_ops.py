@@ -35,11 +35,13 @@ def publish_results_and_commit(
     settings = batch.settings
     errors = pl.concat(batch.errors, how="diagonal_relaxed") if batch.errors else None
     error_count = errors.height if errors is not None else 0
-    handled = batch.rows.height + error_count
+    not_sent = batch.counts.get("not_sent", 0)
+    handled = batch.rows.height + error_count + batch.already_handled + not_sent
     if handled != batch.counts.get("read", 0):
         raise dg.Failure(
-            f"{batch.counts.get('read', 0)} records read but {batch.rows.height} succeeded and "
-            f"{error_count} failed; offsets not committed",
+            f"{batch.counts.get('read', 0)} records read but {batch.rows.height} succeeded, "
+            f"{error_count} failed, {batch.already_handled} were already handled and {not_sent} "
+            "were not sent; offsets not committed",
             allow_retries=False,
         )
     producer = kafka.results_producer(client_id=f"{settings.name}-results")
@@ -48,14 +50,16 @@ def publish_results_and_commit(
         producer.send(settings.error_topic, error_record_messages(errors))
     producer.flush()
     r = batch.kafka_range
-    committed = kafka.commit(settings.consumer_group, r.topic, {r.partition: r.end})
+    commit_to = r.end if batch.commit_before is None else min(r.end, batch.commit_before)
+    committed = kafka.commit(settings.consumer_group, r.topic, {r.partition: commit_to})
     summary = {
         "worker": settings.name,
         "kafka_range": f"{r.topic}[{r.partition}] {r.start}..{r.end}",
         "records": batch.counts.get("read", 0),
         "succeeded": batch.rows.height,
         "failed": error_count,
-        "committed_offset": r.end,
+        "committed_offset": commit_to,
+        "already_handled": batch.already_handled,
         "commit_moved": bool(committed),
         "missing_offsets": batch.missing_offsets,
         "duration_seconds": round(time.monotonic() - batch.started_at, 3),
@@ -65,7 +69,7 @@ def publish_results_and_commit(
     worker_logger(settings).info(
         "%s: %d records, %d succeeded, %d to %s; committed %d",
         summary["kafka_range"], summary["records"], summary["succeeded"], error_count,
-        settings.error_topic, r.end)
+        settings.error_topic, commit_to)
     failed_stages = sorted(k.removeprefix("failed_stage_") for k in batch.counts
                            if k.startswith("failed_stage_"))
     if failed_stages:

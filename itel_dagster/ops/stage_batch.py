@@ -23,6 +23,12 @@ class StageBatch:
     missing_offsets: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     started_at: float = field(default_factory=time.monotonic)
+    # Set by a final stage that stopped on purpose (the API worker's open breaker): offsets are
+    # committed only up to here, and the events from here on stay in Kafka.
+    commit_before: int | None = None
+    # Events handled earlier (already accepted in the send ledger): counted, not re-published.
+    already_handled: int = 0
+    ledger: pl.DataFrame | None = None  # the API worker's send-ledger rows of this run
 
     @property
     def settings(self) -> WorkerSettings:

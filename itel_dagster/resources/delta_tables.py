@@ -107,3 +107,20 @@ class DeltaTablesResource(dg.ConfigurableResource):
 
     def read(self, name: str) -> pl.DataFrame:
         return pl.read_delta(self.table_uri(name))
+
+    def values_present(
+        self, name: str, column: str, values: list, days: list[tuple[int, int, int]]
+    ) -> set:
+        """Which of `values` the table holds in `column`, looking only at the given days."""
+        if not values or not days:
+            return set()
+        uri = self.table_uri(name)
+        if not DeltaTable.is_deltatable(uri):
+            return set()
+        table = pl.scan_delta(uri)
+        in_days = pl.any_horizontal(
+            [(pl.col("year") == y) & (pl.col("month") == m) & (pl.col("day") == d)
+             for y, m, d in days]
+        )
+        found = table.filter(in_days & pl.col(column).is_in(values)).select(column).collect()
+        return set(found[column].to_list())
