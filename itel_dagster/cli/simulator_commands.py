@@ -78,7 +78,8 @@ def simulators() -> None:
 def run(host, claimx_port, itel_port, claimx_token, itel_token, seed) -> None:
     """Run both simulators in the foreground until Ctrl-C or SIGTERM.
 
-    ClaimX: GET /api/v1/tasks/{assignment_id}. iTel: POST /api/v1/tasks and POST /oauth/token.
+    ClaimX: GET /api/v1/tasks/{assignment_id}. iTel: POST /api/v1/tasks, POST
+    /api/v1/tasks/batch (up to 500 tasks, 207 with a result per task) and POST /oauth/token.
     Both: /_admin/faults, /_admin/stats, /_admin/health; iTel also /_admin/requests.
     """
     claimx = ClaimxSimulator(host=host, port=claimx_port, token=claimx_token, seed=seed)

@@ -1,5 +1,7 @@
 """The iTel Cabinet API simulator: POST /api/v1/tasks validates a task payload and records each
-accepted one, honouring Idempotency-Key; POST /oauth/token issues OAuth2 client-credentials tokens.
+accepted one, honouring Idempotency-Key; POST /api/v1/tasks/batch does the same for up to 500
+`{"idempotency_key", "task"}` items, answering 207 with one result per item; POST /oauth/token
+issues OAuth2 client-credentials tokens.
 
 It never stores a bearer token in clear: a record keeps the token's SHA-256 (compare with
 `token_sha256(token)`) and an Authorization header masked to its last 4 characters.
@@ -27,6 +29,8 @@ from itel_dagster.devstack.simulators.http_server import (
 )
 
 TASKS_ROUTE = "/api/v1/tasks"
+BATCH_ROUTE = "/api/v1/tasks/batch"
+MAX_BATCH_ITEMS = 500
 TOKEN_ROUTE = "/oauth/token"
 
 
@@ -180,6 +184,7 @@ class ItelSimulator(SimulatorServer):
         self._access_tokens = AccessTokens()
         self._accepted = AcceptedRequests()
         self.add_route("POST", TASKS_ROUTE, self._post_task)
+        self.add_route("POST", BATCH_ROUTE, self._post_batch)
         self.add_route("POST", TOKEN_ROUTE, self._issue_token)
         self.add_route("GET", "/_admin/requests",
                        lambda _: Response(200, self.accepted_requests()), admin=True)
@@ -214,34 +219,77 @@ class ItelSimulator(SimulatorServer):
     def _is_accepted_token(self, token: str) -> bool:
         return self._is_static_token(token) or self._access_tokens.is_valid(token)
 
-    def _post_task(self, request: Request) -> Response:
+    def _token_and_body(self, request: Request, error: str) -> tuple[str, Any] | Response:
+        """The accepted bearer token and the parsed JSON body, or the 401 / 422 answer."""
         token = self.accepted_bearer_token(request, self._is_accepted_token)
         if token is None:
             return unauthorized("missing, wrong or expired bearer token",
                                 challenge='Bearer error="invalid_token"')
         try:
-            body = request.json()
+            return token, request.json()
         except ValueError:
-            return error_response(422, "invalid_payload",
+            return error_response(422, error,
                                   [{"field": "(body)", "problem": "is not valid JSON"}])
+
+    def _post_task(self, request: Request) -> Response:
+        checked = self._token_and_body(request, "invalid_payload")
+        if isinstance(checked, Response):
+            return checked
+        token, body = checked
         problems = payload_problems(body)
         if problems:
             return error_response(422, "invalid_payload", problems)
         idempotency_key = request.headers.get("Idempotency-Key")
         record, replayed = self._accepted.accept(
-            lambda itel_id: self._record(itel_id, request, token, body), idempotency_key)
+            lambda itel_id: self._record(itel_id, request, token, body, idempotency_key),
+            idempotency_key)
         answer = {"itel_id": record["itel_id"], "status": "accepted"}
         if replayed:
             return Response(200, answer, {"Idempotent-Replayed": "true"})
         return Response(201, answer)
 
-    def _record(self, itel_id: str, request: Request, token: str, body: dict) -> dict:
+    def _post_batch(self, request: Request) -> Response:
+        """207 with one result per item, in order; each item as if POSTed alone."""
+        checked = self._token_and_body(request, "invalid_batch")
+        if isinstance(checked, Response):
+            return checked
+        token, items = checked
+        if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH_ITEMS:
+            return error_response(422, "invalid_batch", [{
+                "field": "(body)",
+                "problem": f"must be a JSON array of 1 to {MAX_BATCH_ITEMS} items"}])
+        return Response(207, [self._batch_item(index, item, request, token)
+                              for index, item in enumerate(items)])
+
+    def _batch_item(self, index: int, item: Any, request: Request, token: str) -> dict:
+        if not isinstance(item, dict):
+            return {"index": index, "idempotency_key": None, "status": 422,
+                    "errors": [{"field": "(item)", "problem": "must be a JSON object"}]}
+        key = item.get("idempotency_key")
+        problems = [{"field": f"task.{p['field']}" if p["field"] != "(body)" else "task",
+                     "problem": p["problem"]} for p in payload_problems(item.get("task"))]
+        if not isinstance(key, str) or not key:
+            problems.insert(0, {"field": "idempotency_key",
+                                "problem": "must be a non-empty string"})
+        if problems:
+            return {"index": index, "idempotency_key": key, "status": 422, "errors": problems}
+        record, replayed = self._accepted.accept(
+            lambda itel_id: {**self._record(itel_id, request, token, item["task"], key),
+                             "via": "batch"}, key)
+        result = {"index": index, "idempotency_key": key, "status": 200 if replayed else 201,
+                  "itel_id": record["itel_id"]}
+        if replayed:
+            result["idempotent_replayed"] = True
+        return result
+
+    def _record(self, itel_id: str, request: Request, token: str, body: dict,
+                idempotency_key: str | None) -> dict:
         headers = {name.lower(): value for name, value in request.headers.items()}
         headers["authorization"] = masked_authorization(token)
         return {
             "itel_id": itel_id,
             "received_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
-            "idempotency_key": request.headers.get("Idempotency-Key"),
+            "idempotency_key": idempotency_key,
             "auth_via": "static_token" if self._is_static_token(token) else "oauth2_access_token",
             "auth_token_sha256": token_sha256(token),
             "headers": headers,
