@@ -1,0 +1,397 @@
+"""The API worker's final stage: sends built iTel payloads, one POST per event or batches of them,
+each assignment's events strictly in Kafka order, paced, retried, behind the shared breaker.
+
+It never raises for iTel being down or refusing: every event ends with an outcome. An event the
+breaker held back is `not_sent` (it stays in Kafka), never dead-lettered; no secret is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import httpx
+
+from itel_dagster.resources.circuit_breaker import CircuitBreaker
+from itel_dagster.resources.http_retry import RETRY_EXCEPTIONS, RetryRule, is_retryable_status
+from itel_dagster.resources.itel_auth import TokenRequestError
+from itel_dagster.settings.connections import ItelConnectionSettings
+
+logger = logging.getLogger(__name__)
+
+ACCEPTED, REJECTED, DEAD_LETTERED, NOT_SENT = "accepted", "rejected", "dead_lettered", "not_sent"
+FINAL_OUTCOMES = (ACCEPTED, REJECTED, DEAD_LETTERED)
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    event_id: str  # also the Idempotency-Key
+    assignment_id: int
+    order: int  # the Kafka offset: an assignment's events go in ascending order
+    payload: bytes  # the JSON body
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    event_id: str
+    assignment_id: int
+    order: int
+    outcome: str  # accepted | rejected | dead_lettered | not_sent
+    status_code: int | None  # the last HTTP status (the item's own in batch mode)
+    attempts: int
+    attempt_log: list[str]  # one line per attempt, e.g. "HTTP 503 in 21 ms"
+    latency_ms: float  # first attempt to final answer, backoff included
+    response_body: str | None
+    itel_id: str | None
+    sent_at: datetime | None  # when the final answer came; None when not sent
+
+
+@dataclass(frozen=True)
+class SendReport:
+    outcomes: list[SendOutcome]  # in the order of the requests
+    requests_made: int
+    retried: int  # attempts beyond each event's first
+    breaker_state: str
+    skipped_by_breaker: int  # events not sent because the breaker was open
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    warning: str | None = None  # why sending stopped early, when it did
+
+
+@dataclass
+class _Track:
+    """One event on its way: its attempts so far and, once decided, its outcome."""
+
+    request: SendRequest
+    attempts: int = 0
+    log: list[str] = field(default_factory=list)
+    first_attempt_at: float | None = None
+    retries: int = 0  # backoff retries used (the one retry after a 401 is not one)
+    not_before: float = 0.0  # batch mode: monotonic time its retry may go
+    status_code: int | None = None
+    body: str | None = None
+    outcome: SendOutcome | None = None
+
+    def note(self, started: float, line: str, status_code: int | None, body: str | None) -> None:
+        if self.first_attempt_at is None:
+            self.first_attempt_at = started
+        self.attempts += 1
+        self.log.append(line)
+        self.status_code, self.body = status_code, body
+
+    def finish(self, outcome: str, itel_id: str | None = None) -> None:
+        began = self.first_attempt_at
+        r = self.request
+        self.outcome = SendOutcome(
+            r.event_id, r.assignment_id, r.order, outcome, self.status_code, self.attempts,
+            list(self.log), (time.perf_counter() - began) * 1000 if began is not None else 0.0,
+            self.body, itel_id,
+            datetime.now(timezone.utc) if outcome in FINAL_OUTCOMES else None)
+
+
+@dataclass
+class _Answer:
+    """One HTTP attempt that went out (or whose token could not be had)."""
+
+    started: float
+    line: str  # its attempt_log line
+    retryable: bool
+    response: httpx.Response | None = None
+    retry_after: str | None = None
+    auth_headers: dict[str, str] | None = None
+
+
+@dataclass
+class _Call:
+    """The state of one send(): its client, counts, and why it stopped, once it has."""
+
+    client: httpx.AsyncClient
+    requests_made: int = 0
+    stopped: str | None = None
+
+
+class _Pacer:
+    """At most `rate` requests a second: each takes the next slot 1/rate after the previous one
+    and sleeps until it (no busy loop, no burst)."""
+
+    def __init__(self, rate_per_second: float):
+        self.interval = 1.0 / rate_per_second
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        now = time.monotonic()
+        slot = max(now, self._next)
+        self._next = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+def _ms(since: float) -> int:
+    return round((time.perf_counter() - since) * 1000)
+
+
+def _json_field(response: httpx.Response, name: str):
+    try:
+        document = response.json()
+    except ValueError:
+        return None
+    return document.get(name) if isinstance(document, dict) else None
+
+
+def _percentile(values: list[float], fraction: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[max(0, math.ceil(fraction * len(ordered)) - 1)], 3)
+
+
+class ItelSender:
+    def __init__(self, settings: ItelConnectionSettings, breaker: CircuitBreaker, auth,
+                 batch_endpoint: str | None = None, batch_size: int = 50,
+                 max_response_chars: int = 2000):
+        self.settings = settings
+        self.breaker = breaker
+        self.auth = auth
+        self.batch_endpoint = batch_endpoint
+        self.batch_size = batch_size
+        self.max_response_chars = max_response_chars
+        self.retry = RetryRule(settings.max_retries, settings.retry_backoff_base,
+                               settings.retry_backoff_max)
+        self._pacer = _Pacer(settings.rate_limit_per_second)
+
+    def send(self, requests: list[SendRequest]) -> SendReport:
+        tracks = [_Track(r) for r in requests]
+        call = asyncio.run(self._send_all(tracks)) if tracks else None
+        outcomes = [t.outcome for t in tracks]
+        latencies = [o.latency_ms for o in outcomes if o.outcome in FINAL_OUTCOMES]
+        skipped = sum(1 for o in outcomes if o.outcome == NOT_SENT)
+        if skipped:
+            logger.warning("iTel sends stopped (%s): %d of %d events not sent, they stay in Kafka",
+                           call.stopped, skipped, len(outcomes))
+        return SendReport(
+            outcomes=outcomes,
+            requests_made=call.requests_made if call else 0,
+            retried=sum(max(0, o.attempts - 1) for o in outcomes),
+            breaker_state=self.breaker.state().state,
+            skipped_by_breaker=skipped,
+            latency_p50_ms=_percentile(latencies, 0.50),
+            latency_p95_ms=_percentile(latencies, 0.95),
+            warning=call.stopped if call and skipped else None,
+        )
+
+    # -- the shared step: one paced, breaker-guarded, authenticated request ---------------------
+
+    async def _send_all(self, tracks: list[_Track]) -> _Call:
+        s = self.settings
+        timeout = httpx.Timeout(s.timeout_seconds, connect=s.connect_timeout_seconds)
+        limits = httpx.Limits(max_connections=s.max_concurrency)
+        async with httpx.AsyncClient(base_url=s.base, headers=dict(s.headers), timeout=timeout,
+                                     limits=limits) as client:
+            call = _Call(client)
+            by_assignment: dict[int, list[_Track]] = {}
+            for track in sorted(tracks, key=lambda t: t.request.order):
+                by_assignment.setdefault(track.request.assignment_id, []).append(track)
+            if self.batch_endpoint:
+                await self._send_in_batches(call, by_assignment)
+            else:
+                await self._send_one_by_one(call, by_assignment)
+        for track in tracks:
+            if track.outcome is None:  # held back once sending stopped
+                track.finish(NOT_SENT)
+        return call
+
+    async def _attempt(self, call: _Call, method: str, path: str, content: bytes,
+                       headers: dict[str, str]) -> _Answer | None:
+        """One request; None when sending has stopped (breaker open, token refused)."""
+        await self._pacer.wait()
+        if call.stopped:
+            return None
+        if not self.breaker.allow_request():
+            call.stopped = f"circuit breaker {self.breaker.state().state}"
+            return None
+        started = time.perf_counter()
+        try:
+            auth_headers = await self.auth.headers(call.client)
+        except TokenRequestError as exc:
+            if not exc.retryable:  # iTel answered: healthy, but our credentials are refused
+                self.breaker.record_success()
+                call.stopped = str(exc)
+                return None
+            self.breaker.record_failure()
+            return _Answer(started, f"{exc} in {_ms(started)} ms", retryable=True)
+        call.requests_made += 1
+        try:
+            response = await call.client.request(method, path, content=content,
+                                                 headers={**headers, **auth_headers})
+        except RETRY_EXCEPTIONS as exc:
+            self.breaker.record_failure()
+            return _Answer(started, f"{type(exc).__name__} in {_ms(started)} ms", True,
+                           auth_headers=auth_headers)
+        retryable = is_retryable_status(response.status_code)
+        if retryable:
+            self.breaker.record_failure()
+        else:
+            self.breaker.record_success()  # an answer, even a 4xx, says iTel is up
+        retry_after = response.headers.get("Retry-After") if retryable else None
+        waited = f" Retry-After {retry_after}" if retry_after else ""
+        return _Answer(started, f"HTTP {response.status_code}{waited} in {_ms(started)} ms",
+                       retryable, response, retry_after, auth_headers)
+
+    async def _attempt_reauthorized(self, call: _Call, method: str, path: str, content: bytes,
+                                    headers: dict[str, str], note_401) -> _Answer | None:
+        """An attempt, and once more after a 401 with a refreshed token (an expired one)."""
+        answer = await self._attempt(call, method, path, content, headers)
+        response = answer.response if answer is not None else None
+        if response is not None and response.status_code == 401:
+            note_401(answer)
+            self.auth.invalidate(answer.auth_headers)
+            answer = await self._attempt(call, method, path, content, headers)
+        return answer
+
+    def _backoff(self, track: _Track, retry_after: str | None) -> float | None:
+        """Seconds until the track's next retry, or None (and dead-lettered) when out of them."""
+        if track.retries >= self.settings.max_retries:
+            track.finish(DEAD_LETTERED)
+            return None
+        track.retries += 1
+        return self.retry.delay(track.retries, retry_after, cap_retry_after=False)
+
+    def _note(self, track: _Track, answer: _Answer, line: str) -> None:
+        response = answer.response
+        if response is None:
+            track.note(answer.started, line, None, None)
+        else:
+            track.note(answer.started, line, response.status_code,
+                       response.text[:self.max_response_chars])
+
+    # -- one request per event -----------------------------------------------------------------
+
+    async def _send_one_by_one(self, call: _Call, by_assignment: dict[int, list[_Track]]) -> None:
+        gate = asyncio.Semaphore(self.settings.max_concurrency)
+
+        async def in_order(group: list[_Track]) -> None:
+            async with gate:
+                for track in group:
+                    if call.stopped:
+                        return
+                    await self._send_one(call, track)
+
+        await asyncio.gather(*(in_order(group) for group in by_assignment.values()))
+
+    async def _send_one(self, call: _Call, track: _Track) -> None:
+        headers = {"Idempotency-Key": track.request.event_id, "Content-Type": "application/json"}
+        while True:
+            answer = await self._attempt_reauthorized(
+                call, self.settings.method, self.settings.endpoint, track.request.payload,
+                headers, lambda first: self._note(track, first, first.line))
+            if answer is None:
+                return  # not sent: finished with everything held back
+            response = answer.response
+            self._note(track, answer, answer.line)
+            if response is not None and not answer.retryable:
+                if response.is_success:
+                    return track.finish(ACCEPTED, _json_field(response, "itel_id"))
+                return track.finish(REJECTED)
+            wait = self._backoff(track, answer.retry_after)
+            if wait is None:
+                return
+            await asyncio.sleep(wait)
+
+    # -- batches: round after round of each assignment's next event ------------------------------
+
+    async def _send_in_batches(self, call: _Call, by_assignment: dict[int, list[_Track]]) -> None:
+        tasks: dict[str, object] = {}
+        for group in by_assignment.values():
+            for track in group:
+                try:
+                    tasks[track.request.event_id] = json.loads(track.request.payload)
+                except ValueError as exc:
+                    track.body = f"payload is not valid JSON: {exc}"
+                    track.finish(REJECTED)
+        queues = {a: deque(t for t in group if t.outcome is None)
+                  for a, group in by_assignment.items()}
+        queues = {a: q for a, q in queues.items() if q}
+        gate = asyncio.Semaphore(self.settings.max_concurrency)
+
+        async def bounded(chunk: list[_Track]) -> None:
+            async with gate:
+                await self._send_batch(call, chunk, tasks)
+
+        # A batch holds at most one event per assignment, its earliest pending one, so a later
+        # event never goes before an earlier one is accepted or finally failed.
+        while queues and not call.stopped:
+            now = time.monotonic()
+            heads = [q[0] for q in queues.values() if q[0].not_before <= now]
+            if not heads:
+                await asyncio.sleep(min(q[0].not_before for q in queues.values()) - now)
+                continue
+            chunks = [heads[i:i + self.batch_size] for i in range(0, len(heads), self.batch_size)]
+            await asyncio.gather(*(bounded(chunk) for chunk in chunks))
+            for assignment_id in list(queues):
+                queue = queues[assignment_id]
+                if queue[0].outcome is not None:
+                    queue.popleft()
+                if not queue:
+                    del queues[assignment_id]
+
+    async def _send_batch(self, call: _Call, chunk: list[_Track], tasks: dict) -> None:
+        body = json.dumps([
+            {"idempotency_key": t.request.event_id, "task": tasks[t.request.event_id]}
+            for t in chunk]).encode()
+        prefix = f"batch of {len(chunk)}: "
+        answer = await self._attempt_reauthorized(
+            call, "POST", self.batch_endpoint, body, {"Content-Type": "application/json"},
+            lambda first: self._note_all(chunk, first, prefix))
+        if answer is None:
+            return
+        response = answer.response
+        if response is not None and response.is_success:
+            self._map_results(chunk, answer, prefix + answer.line)
+            return
+        self._note_all(chunk, answer, prefix)
+        for track in chunk:
+            if answer.retryable:
+                wait = self._backoff(track, answer.retry_after)
+                if wait is not None:
+                    track.not_before = time.monotonic() + wait
+            else:  # the whole batch refused (4xx): every item with that answer
+                track.finish(REJECTED)
+
+    def _note_all(self, chunk: list[_Track], answer: _Answer, prefix: str) -> None:
+        for track in chunk:
+            self._note(track, answer, prefix + answer.line)
+
+    def _map_results(self, chunk: list[_Track], answer: _Answer, line: str) -> None:
+        """Each item's result (matched by index) decides its event, as a single answer would."""
+        try:
+            results = answer.response.json()
+        except ValueError:
+            results = None
+        by_index = {}
+        if isinstance(results, list):
+            for position, result in enumerate(results):
+                if isinstance(result, dict):
+                    by_index[result.get("index", position)] = result
+        for index, track in enumerate(chunk):
+            result = by_index.get(index)
+            status = result.get("status") if result else None
+            if not isinstance(status, int):
+                track.note(answer.started, f"{line}, no result for the item", None, None)
+                status, result = 503, None  # unknown: the Idempotency-Key makes a resend safe
+            else:
+                text = json.dumps(result)[:self.max_response_chars]
+                track.note(answer.started, f"{line}, item {status}", status, text)
+            if 200 <= status < 300:
+                track.finish(ACCEPTED, result.get("itel_id"))
+            elif is_retryable_status(status):
+                wait = self._backoff(track, None)
+                if wait is not None:
+                    track.not_before = time.monotonic() + wait
+            else:
+                track.finish(REJECTED)
