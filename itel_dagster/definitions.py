@@ -8,31 +8,38 @@ from __future__ import annotations
 
 import dagster as dg
 
+from itel_dagster.assets.itel_api_sends import API_SENDS_ASSET, api_job, itel_api_sends
 from itel_dagster.assets.tracking_table import TRACKING_ASSET, itel_cabinet_task_tracking, tracking_job
 from itel_dagster.ops.shared_stage_ops import STAGE_IO
 from itel_dagster.resources.claimx_api import ClaimxApiResource
 from itel_dagster.resources.delta_tables import DeltaTablesResource
+from itel_dagster.resources.itel_api import ItelApiResource
 from itel_dagster.resources.kafka import KafkaResource
+from itel_dagster.sensors.itel_breaker_gate import itel_breaker_gate
 from itel_dagster.sensors.kafka_worker_sensor import build_kafka_worker_sensor
-from itel_dagster.settings.workers import TRACKING_WORKER, load_workers
+from itel_dagster.settings.workers import API_WORKER, TRACKING_WORKER, load_workers
 
 # A broken workers.yaml fails the code location at load, with the file and key in the message.
 WORKERS = load_workers()
 _tracking = WORKERS[TRACKING_WORKER]
+_api = WORKERS[API_WORKER]
 
 RESOURCES = {
     "kafka": KafkaResource(),
     "claimx": ClaimxApiResource(),
     "delta": DeltaTablesResource(),
+    "itel": ItelApiResource(),
     STAGE_IO: dg.InMemoryIOManager(),
 }
 
 defs = dg.Definitions(
-    assets=[itel_cabinet_task_tracking],
-    jobs=[tracking_job],
+    assets=[itel_cabinet_task_tracking, itel_api_sends],
+    jobs=[tracking_job, api_job],
     sensors=[
         build_kafka_worker_sensor(_tracking, tracking_job, TRACKING_ASSET,
                                   _tracking.sensor_interval_seconds),
+        build_kafka_worker_sensor(_api, api_job, API_SENDS_ASSET, _api.sensor_interval_seconds,
+                                  gate=itel_breaker_gate),
     ],
     resources=RESOURCES,
 )

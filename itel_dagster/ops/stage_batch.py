@@ -21,7 +21,7 @@ class StageBatch:
     rows: pl.DataFrame
     errors: list[pl.DataFrame] = field(default_factory=list)  # error-record frames, per stage
     missing_offsets: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int | float | str] = field(default_factory=dict)  # run facts, for metadata
     started_at: float = field(default_factory=time.monotonic)
     # Set by a final stage that stopped on purpose (the API worker's open breaker): offsets are
     # committed only up to here, and the events from here on stay in Kafka.
@@ -34,7 +34,7 @@ class StageBatch:
     def settings(self) -> WorkerSettings:
         return load_workers()[self.worker]
 
-    def next(self, rows: pl.DataFrame, errors: pl.DataFrame | None = None, **counts: int):
+    def next(self, rows: pl.DataFrame, errors: pl.DataFrame | None = None, **counts):
         return replace(
             self,
             rows=rows,

@@ -8,6 +8,7 @@ never payloads.
 
 
 import time
+from collections.abc import Callable
 
 import dagster as dg
 from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG
@@ -135,7 +136,9 @@ def build_kafka_worker_sensor(
     job,  # the worker's asset job
     asset_name: str,
     minimum_interval_seconds: int = 10,
+    gate: Callable[[], str | None] | None = None,
 ) -> dg.SensorDefinition:
+    """gate() -> a reason to start no runs this tick (e.g. an open circuit breaker), or None."""
     sensor_name = f"{worker.name.removesuffix('_worker')}_sensor"
 
     @dg.sensor(
@@ -150,6 +153,11 @@ def build_kafka_worker_sensor(
         servers = bootstrap_servers()
         topic = worker.input_topic
         progress = group_progress(servers, worker.consumer_group, topic)
+        closed = gate() if gate is not None else None
+        if closed:
+            lag = sum(p.lag for p in progress)
+            return dg.SensorResult(skip_reason=f"{closed}; lag {lag} waits in Kafka",
+                                   cursor=context.cursor)
         in_flight = partitions_in_flight(context.instance, worker.name)
         plan = plan_dispatch(
             topic,

@@ -136,6 +136,13 @@ class ItelConnectionSettings(HttpConnectionSettings):
                     "client_secret: set ITEL_OAUTH_TOKEN_URL, ITEL_OAUTH_CLIENT_ID, "
                     "ITEL_OAUTH_CLIENT_SECRET"
                 )
+        if self.circuit_breaker.failure_threshold > self.max_retries + 1:
+            # Otherwise an outage dead-letters the first events (their retries run out before
+            # the breaker opens) instead of leaving them in Kafka.
+            raise ValueError(
+                f"circuit_breaker.failure_threshold ({self.circuit_breaker.failure_threshold}) "
+                f"must be at most max_retries + 1 ({self.max_retries + 1})"
+            )
         _check_sources(self.payload)
         return self
 

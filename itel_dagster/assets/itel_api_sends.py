@@ -1,0 +1,43 @@
+"""The asset `itel_api_sends`: the send ledger of the API worker (Delta, daily partitions).
+
+Graph-backed: each micro-batch run reads one Kafka range, runs the shared stages, skips events
+the ledger already holds, sends the rest to iTel and records each final outcome.
+"""
+
+import dagster as dg
+
+from itel_dagster.ops.api_ops import send_to_itel, skip_already_sent, write_send_ledger
+from itel_dagster.ops.results_ops import publish_results_and_commit
+from itel_dagster.ops.shared_stage_ops import (
+    claimx_lookup,
+    read_kafka_range,
+    transform_events,
+    validate_events,
+)
+from itel_dagster.partitions import daily_partitions
+
+API_SENDS_ASSET = "itel_api_sends"
+
+
+@dg.graph_asset(
+    name=API_SENDS_ASSET,
+    partitions_def=daily_partitions,
+    group_name="itel_api_worker",
+    description="Every final outcome of sending ClaimX task 32513 events to the iTel Cabinet API "
+    "(accepted / rejected / dead_lettered), one accepted row per event at most.",
+    kinds={"delta", "polars", "kafka"},
+)
+def itel_api_sends():
+    batch = read_kafka_range()
+    enriched = claimx_lookup(validate_events(transform_events(batch)))
+    sent = write_send_ledger(send_to_itel(skip_already_sent(enriched)))
+    return publish_results_and_commit(sent)
+
+
+api_job = dg.define_asset_job(
+    name="itel_cabinet_api_job",
+    selection=[API_SENDS_ASSET],
+    partitions_def=daily_partitions,
+    executor_def=dg.in_process_executor,
+    description="One micro-batch of the API worker: a Kafka range -> iTel Cabinet API.",
+)
