@@ -25,6 +25,11 @@ def test_definitions_load_without_services(monkeypatch):
     assert sensor.job_name == "itel_cabinet_tracking_job"
     job = module.defs.resolve_job_def("itel_cabinet_tracking_job")
     assert job.partitions_def.end_offset == 1  # today's partition exists
+    api = repository.get_sensor_def("itel_cabinet_api_sensor")
+    assert api.default_status == dg.DefaultSensorStatus.RUNNING
+    assert api.job_name == "itel_cabinet_api_job"
+    keys = {key.to_user_string() for key in repository.asset_graph.get_all_asset_keys()}
+    assert {"itel_cabinet_task_tracking", "itel_api_sends"} <= keys
 
 
 def test_workspace_loads_with_dagster_cli(tmp_path):

@@ -20,6 +20,14 @@ FULL_ENV = {
 }
 
 
+def edited_config(tmp_path: Path, monkeypatch, relative: str, edit) -> None:
+    """A config dir holding `relative`, the shipped file passed through `edit`."""
+    target = tmp_path / "config" / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(edit((paths.PROJECT_ROOT / "config" / relative).read_text()))
+    monkeypatch.setenv("ITEL_CONFIG_DIR", str(tmp_path / "config"))
+
+
 def write(tmp_path: Path, text: str, name: str = "conf.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)
@@ -89,12 +97,8 @@ def test_malformed_value_from_variable_names_it():
 
 
 def test_malformed_literal_value(tmp_path, monkeypatch):
-    config = tmp_path / "config"
-    target = config / "plugins/itel_cabinet_api/workers.yaml"
-    target.parent.mkdir(parents=True)
-    source = (paths.PROJECT_ROOT / "config/plugins/itel_cabinet_api/workers.yaml").read_text()
-    target.write_text(source.replace("batch_size: 50", "batch_size: fifty"))
-    monkeypatch.setenv("ITEL_CONFIG_DIR", str(config))
+    edited_config(tmp_path, monkeypatch, "plugins/itel_cabinet_api/workers.yaml",
+                  lambda text: text.replace("batch_size: 50", "batch_size: fifty"))
     with pytest.raises(ConfigError) as raised:
         load_workers({})
     message = str(raised.value)
@@ -103,12 +107,8 @@ def test_malformed_literal_value(tmp_path, monkeypatch):
 
 
 def test_unknown_key_is_refused(tmp_path, monkeypatch):
-    config = tmp_path / "config"
-    target = config / "plugins/shared/connections/claimx.yaml"
-    target.parent.mkdir(parents=True)
-    source = (paths.PROJECT_ROOT / "config/plugins/shared/connections/claimx.yaml").read_text()
-    target.write_text(source.replace("timeout_seconds: 30", "timeout_secnds: 30"))
-    monkeypatch.setenv("ITEL_CONFIG_DIR", str(config))
+    edited_config(tmp_path, monkeypatch, "plugins/shared/connections/claimx.yaml",
+                  lambda text: text.replace("timeout_seconds: 30", "timeout_secnds: 30"))
     with pytest.raises(ConfigError, match=r"key 'claimx_api.timeout_secnds' is not a known key"):
         load_claimx_connection(FULL_ENV)
 
@@ -123,11 +123,8 @@ def test_malformed_reference_and_yaml(tmp_path):
 
 
 def test_missing_section(tmp_path, monkeypatch):
-    config = tmp_path / "config"
-    target = config / "plugins/shared/connections/claimx.yaml"
-    target.parent.mkdir(parents=True)
-    target.write_text("other: {}\n")
-    monkeypatch.setenv("ITEL_CONFIG_DIR", str(config))
+    edited_config(tmp_path, monkeypatch, "plugins/shared/connections/claimx.yaml",
+                  lambda text: "other: {}\n")
     with pytest.raises(ConfigError, match=r"claimx.yaml: key 'claimx_api' is missing"):
         load_claimx_connection(FULL_ENV)
 
@@ -176,11 +173,7 @@ def test_itel_auth_modes_and_payload_mapping():
 
 
 def test_payload_source_must_be_known(tmp_path, monkeypatch):
-    config = tmp_path / "config"
-    target = config / "plugins/shared/connections/app.itel.yaml"
-    target.parent.mkdir(parents=True)
-    source = (paths.PROJECT_ROOT / "config/plugins/shared/connections/app.itel.yaml").read_text()
-    target.write_text(source.replace("source_system: =claimx", "source_system: claimx"))
-    monkeypatch.setenv("ITEL_CONFIG_DIR", str(config))
+    edited_config(tmp_path, monkeypatch, "plugins/shared/connections/app.itel.yaml",
+                  lambda text: text.replace("source_system: =claimx", "source_system: claimx"))
     with pytest.raises(ConfigError, match=r"payload.source_system: source 'claimx' must be"):
         load_itel_connection(FULL_ENV)

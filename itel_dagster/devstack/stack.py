@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from itel_dagster.devstack.kafka.broker import LocalKafkaBroker
+from itel_dagster.devstack.kafka.broker import LocalKafkaBroker, free_port, port_is_free
 from itel_dagster.devstack.kafka.topics import ensure_topics, pipeline_topics
 from itel_dagster.settings.paths import PROJECT_ROOT, state_dir
 from itel_dagster.settings.workers import load_workers
@@ -25,13 +24,7 @@ ITEL_DEV_TOKEN = "itel-dev-token"
 
 def port_or_free(preferred: int) -> int:
     """`preferred` when it is free on loopback (0 means any), else a free port."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", preferred))
-        except OSError:
-            sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return preferred if preferred and port_is_free(preferred) else free_port()
 
 
 @dataclass

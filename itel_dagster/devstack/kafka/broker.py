@@ -47,13 +47,13 @@ class BrokerStatus:
     started_at: float
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def _port_is_free(port: int) -> bool:
+def port_is_free(port: int) -> bool:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -148,13 +148,13 @@ class LocalKafkaBroker:
             return saved["port"], saved["controller_port"]
         if self.requested_port:
             port = self.requested_port
-        elif self.requested_port is None and _port_is_free(PREFERRED_PORT):
+        elif self.requested_port is None and port_is_free(PREFERRED_PORT):
             port = PREFERRED_PORT
         else:
-            port = _free_port()
-        controller_port = _free_port()
+            port = free_port()
+        controller_port = free_port()
         while controller_port == port:
-            controller_port = _free_port()
+            controller_port = free_port()
         self.ports_file.write_text(json.dumps({"port": port, "controller_port": controller_port}))
         return port, controller_port
 
@@ -183,7 +183,7 @@ class LocalKafkaBroker:
         classpath = resolve_classpath(classpath_cache_dir())
         port, controller_port = self._ports()
         for needed in (port, controller_port):
-            if not _port_is_free(needed):
+            if not port_is_free(needed):
                 raise KafkaSetupError(
                     f"port {needed} of the broker in {self.home} is taken by another process"
                 )
