@@ -135,6 +135,8 @@ def test_rejected_events_are_dead_lettered_at_once_and_the_rest_flow(pipeline, i
 
 
 def test_open_breaker_holds_events_in_kafka_then_sends_them_once(pipeline, itel_simulator):
+    # A long cool-down, so the checks below run while the breaker is certainly open.
+    pipeline.set_itel(circuit_breaker={"failure_threshold": 3, "cool_down_seconds": 120})
     itel_simulator.set_faults(error_rate=1.0, error_status=503)
     records = list(generate_records(count=30, seed=55, days=1))
     pipeline.produce(records)
@@ -142,14 +144,15 @@ def test_open_breaker_holds_events_in_kafka_then_sends_them_once(pipeline, itel_
     assert results and all(r.success for r in results)  # holding back is not a failure
     assert pipeline.consume_all(pipeline.api.error_topic) == []  # nothing dead-lettered
     assert pipeline.lag(API) == 30  # everything waits in Kafka
+    itel_simulator.clear_stats()
     tick = pipeline.tick(API)
     assert not tick.run_requests and "circuit breaker open" in tick.skip_reason.skip_message
-    itel_simulator.clear_stats()
-    time.sleep(1)
     assert itel_simulator.stats()["total"] == 0  # no requests during the cool-down
 
+    # iTel recovers; the cool-down ends (read from the config at each check).
     itel_simulator.clear_faults()
-    time.sleep(3.2)  # the cool-down of the test config
+    pipeline.set_itel(circuit_breaker={"failure_threshold": 3, "cool_down_seconds": 0.2})
+    time.sleep(0.3)
     assert all(r.success for r in pipeline.drain(API))
     accepted = accepted_by_event(itel_simulator)
     assert set(accepted) == {r.event_id for r in records}
@@ -176,7 +179,9 @@ def test_workers_are_isolated_both_ways(pipeline, itel_simulator):
     pipeline.produce(second)
     tracking_runs = pipeline.drain(TRACKING)
     assert tracking_runs and not any(r.success for r in tracking_runs)
-    time.sleep(3.2)  # let the breaker's cool-down from the outage above pass
+    # End the breaker's cool-down from the outage above (read from the config at each check).
+    pipeline.set_itel(circuit_breaker={"failure_threshold": 3, "cool_down_seconds": 0.2})
+    time.sleep(0.3)
     assert all(r.success for r in pipeline.drain(API))
     assert set(accepted_by_event(itel_simulator)) == {r.event_id for r in first + second}
     assert pipeline.lag(API) == 0
