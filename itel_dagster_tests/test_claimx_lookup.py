@@ -61,12 +61,10 @@ def test_retries_through_a_burst_of_5xx_and_429(claimx, cache):
 
 def test_outage_skips_the_batch_with_one_warning_and_caches_nothing(claimx, cache):
     claimx.set_faults(error_rate=1.0, error_status=503)
-    began = time.monotonic()
     batch = ClaimxLookupClient(settings_for(claimx), cache).lookup(list(range(1_000_030, 1_000_050)))
     assert {r.status for r in batch.results.values()} == {"skipped"}
     assert "ClaimX unavailable" in batch.warning and "20 of 20" in batch.warning
     assert batch.requests_made < 20 * 3  # fail-fast: the batch does not retry every id
-    assert time.monotonic() - began < 10
     claimx.clear_faults()
     assert cache.get_many(list(range(1_000_030, 1_000_050))) == {}
 
