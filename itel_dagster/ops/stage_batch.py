@@ -29,6 +29,9 @@ class StageBatch:
     # Events handled earlier (already accepted in the send ledger): counted, not re-published.
     already_handled: int = 0
     ledger: pl.DataFrame | None = None  # the API worker's send-ledger rows of this run
+    # "live": a sensor's micro-batch (publishes results, commits offsets). "backfill": a day rebuilt
+    # from Kafka (no publishing, no commit). "replay": records re-read from an error topic.
+    mode: str = "live"
 
     @property
     def settings(self) -> WorkerSettings:
