@@ -37,11 +37,15 @@ def _days(rows: pl.DataFrame) -> list[tuple[int, int, int]]:
 def skip_already_sent(
     context: dg.OpExecutionContext, batch: StageBatch, delta: DeltaTablesResource
 ) -> StageBatch:
-    """Events with a final outcome in the ledger were handled by an earlier run: not again."""
+    """Events with a final outcome in the ledger were handled by an earlier run: not again.
+
+    A backfill (reconciliation) or a dead-letter replay skips only events iTel accepted: rejected
+    and dead-lettered ones are sent again."""
     if batch.rows.is_empty():
         return batch
+    only_accepted = None if batch.mode == "live" else pl.col("outcome") == "accepted"
     handled = delta.values_present(LEDGER_TABLE, "event_id", batch.rows["event_id"].to_list(),
-                                   _days(batch.rows))
+                                   _days(batch.rows), where=only_accepted)
     if not handled:
         return batch
     remaining = batch.rows.filter(~pl.col("event_id").is_in(list(handled)))

@@ -109,9 +109,11 @@ class DeltaTablesResource(dg.ConfigurableResource):
         return pl.read_delta(self.table_uri(name))
 
     def values_present(
-        self, name: str, column: str, values: list, days: list[tuple[int, int, int]]
+        self, name: str, column: str, values: list, days: list[tuple[int, int, int]],
+        where: pl.Expr | None = None,
     ) -> set:
-        """Which of `values` the table holds in `column`, looking only at the given days."""
+        """Which of `values` the table holds in `column`, looking only at the given days (and at
+        rows matching `where`, when given)."""
         if not values or not days:
             return set()
         uri = self.table_uri(name)
@@ -122,5 +124,8 @@ class DeltaTablesResource(dg.ConfigurableResource):
             [(pl.col("year") == y) & (pl.col("month") == m) & (pl.col("day") == d)
              for y, m, d in days]
         )
-        found = table.filter(in_days & pl.col(column).is_in(values)).select(column).collect()
+        wanted = in_days & pl.col(column).is_in(values)
+        if where is not None:
+            wanted = wanted & where
+        found = table.filter(wanted).select(column).collect()
         return set(found[column].to_list())
