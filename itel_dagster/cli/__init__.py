@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from itel_dagster.cli.kafka_commands import kafka
+from itel_dagster.cli.lag_command import lag
 from itel_dagster.cli.publish_command import publish
 from itel_dagster.cli.simulator_commands import simulators
 from itel_dagster.cli.up_command import up
@@ -19,3 +20,4 @@ main.add_command(kafka)
 main.add_command(simulators)
 main.add_command(publish)
 main.add_command(up)
+main.add_command(lag)
