@@ -6,6 +6,7 @@ import click
 
 from itel_dagster.cli.kafka_commands import kafka
 from itel_dagster.cli.lag_command import lag
+from itel_dagster.cli.metrics_command import metrics
 from itel_dagster.cli.publish_command import publish
 from itel_dagster.cli.simulator_commands import simulators
 from itel_dagster.cli.up_command import up
@@ -21,3 +22,4 @@ main.add_command(simulators)
 main.add_command(publish)
 main.add_command(up)
 main.add_command(lag)
+main.add_command(metrics)

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 
 import httpx
 
+from itel_dagster.metrics.pipeline_metrics import ApiCallMetrics
 from itel_dagster.resources.circuit_breaker import CircuitBreaker
 from itel_dagster.resources.http_retry import RETRY_EXCEPTIONS, RetryRule, is_retryable_status
 from itel_dagster.resources.itel_auth import TokenRequestError
@@ -112,6 +113,7 @@ class _Call:
     """The state of one send(): its client, counts, and why it stopped, once it has."""
 
     client: httpx.AsyncClient
+    metrics: ApiCallMetrics
     requests_made: int = 0
     stopped: str | None = None
 
@@ -167,7 +169,11 @@ class ItelSender:
 
     def send(self, requests: list[SendRequest]) -> SendReport:
         tracks = [_Track(r) for r in requests]
-        call = asyncio.run(self._send_all(tracks)) if tracks else None
+        metrics = ApiCallMetrics()  # each request's status and latency, stored once per send()
+        try:
+            call = asyncio.run(self._send_all(tracks, metrics)) if tracks else None
+        finally:
+            metrics.flush()  # never raises
         outcomes = [t.outcome for t in tracks]
         latencies = [o.latency_ms for o in outcomes if o.outcome in FINAL_OUTCOMES]
         skipped = sum(1 for o in outcomes if o.outcome == NOT_SENT)
@@ -187,13 +193,13 @@ class ItelSender:
 
     # -- the shared step: one paced, breaker-guarded, authenticated request ---------------------
 
-    async def _send_all(self, tracks: list[_Track]) -> _Call:
+    async def _send_all(self, tracks: list[_Track], metrics: ApiCallMetrics) -> _Call:
         s = self.settings
         timeout = httpx.Timeout(s.timeout_seconds, connect=s.connect_timeout_seconds)
         limits = httpx.Limits(max_connections=s.max_concurrency)
         async with httpx.AsyncClient(base_url=s.base, headers=dict(s.headers), timeout=timeout,
                                      limits=limits) as client:
-            call = _Call(client)
+            call = _Call(client, metrics)
             by_assignment: dict[int, list[_Track]] = {}
             for track in sorted(tracks, key=lambda t: t.request.order):
                 by_assignment.setdefault(track.request.assignment_id, []).append(track)
@@ -226,13 +232,16 @@ class ItelSender:
             self.breaker.record_failure()
             return _Answer(started, f"{exc} in {_ms(started)} ms", retryable=True)
         call.requests_made += 1
+        sent = time.perf_counter()
         try:
             response = await call.client.request(method, path, content=content,
                                                  headers={**headers, **auth_headers})
         except RETRY_EXCEPTIONS as exc:
+            call.metrics.request_done(None, time.perf_counter() - sent)
             self.breaker.record_failure()
             return _Answer(started, f"{type(exc).__name__} in {_ms(started)} ms", True,
                            auth_headers=auth_headers)
+        call.metrics.request_done(response.status_code, time.perf_counter() - sent)
         retryable = is_retryable_status(response.status_code)
         if retryable:
             self.breaker.record_failure()

@@ -1,0 +1,59 @@
+"""What the workers record: a run's finished records (from its last op) and each HTTP request
+to iTel (from the sender). Only counts and latencies, never payloads or secrets.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from itel_dagster.metrics.names import (
+    API_CALLS, API_ERRORS, API_LATENCY, MESSAGES_PROCESSED, TRACKING_DELTA_WRITE_ERRORS,
+    TRACKING_DELTA_WRITES,
+)
+from itel_dagster.metrics.recording import MetricBatch
+from itel_dagster.metrics.store import MetricsStore
+from itel_dagster.settings.workers import TRACKING_WORKER, WorkerSettings
+
+if TYPE_CHECKING:
+    from itel_dagster.ops.stage_batch import StageBatch
+
+
+def record_batch_metrics(settings: WorkerSettings, batch: StageBatch,
+                         log: logging.Logger | None = None) -> None:
+    """A live run's outcome, once its offsets are committed. Events the open breaker held back
+    (not_sent) are not counted: they stay in Kafka and a later run finishes them."""
+    metrics = MetricBatch()
+    processed = MESSAGES_PROCESSED.get(settings.name)
+    if processed is None:
+        return  # a worker the seed names no metrics for
+    metrics.inc(processed, batch.rows.height, outcome="succeeded")
+    metrics.inc(processed, batch.error_count(), outcome="failed")
+    metrics.inc(processed, batch.already_handled, outcome="skipped")
+    if settings.name == TRACKING_WORKER:
+        metrics.inc(TRACKING_DELTA_WRITES, int(batch.counts.get("delta_inserted", 0)))
+        metrics.inc(TRACKING_DELTA_WRITE_ERRORS,
+                    int(batch.counts.get("failed_stage_delta_write", 0)))
+    metrics.flush(log)
+
+
+def status_class(status_code: int | None) -> str:
+    return "transport_error" if status_code is None else f"{status_code // 100}xx"
+
+
+class ApiCallMetrics:
+    """The HTTP requests of one send() call, kept in memory and flushed once at its end."""
+
+    def __init__(self, store: MetricsStore | None = None):
+        self._batch = MetricBatch(store)
+
+    def request_done(self, status_code: int | None, seconds: float) -> None:
+        """One request: its status (None: no answer) and its latency."""
+        cls = status_class(status_code)
+        self._batch.inc(API_CALLS, status_class=cls)
+        if cls != "2xx":
+            self._batch.inc(API_ERRORS, status_class=cls)
+        self._batch.observe(API_LATENCY, seconds)
+
+    def flush(self) -> None:
+        self._batch.flush()
