@@ -10,6 +10,7 @@ import time
 import dagster as dg
 import polars as pl
 
+from itel_dagster.metrics.pipeline_metrics import record_batch_metrics
 from itel_dagster.ops.shared_stage_ops import STAGE_IO
 from itel_dagster.ops.stage_batch import StageBatch
 from itel_dagster.resources.kafka import KafkaResource
@@ -52,6 +53,7 @@ def publish_results_and_commit(
     r = batch.kafka_range
     commit_to = r.end if batch.commit_before is None else min(r.end, batch.commit_before)
     committed = kafka.commit(settings.consumer_group, r.topic, {r.partition: commit_to})
+    record_batch_metrics(settings, batch, worker_logger(settings))  # never raises
     summary = {
         "worker": settings.name,
         "kafka_range": f"{r.topic}[{r.partition}] {r.start}..{r.end}",
