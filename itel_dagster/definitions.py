@@ -17,6 +17,8 @@ from itel_dagster.resources.itel_api import ItelApiResource
 from itel_dagster.resources.kafka import KafkaResource
 from itel_dagster.sensors.itel_breaker_gate import itel_breaker_gate
 from itel_dagster.sensors.kafka_worker_sensor import build_kafka_worker_sensor
+from itel_dagster.sensors.operations_alerts import itel_operations_alerts
+from itel_dagster.sensors.run_failure_alerts import itel_run_failure_alerts
 from itel_dagster.settings.workers import API_WORKER, TRACKING_WORKER, load_workers
 
 # A broken workers.yaml fails the code location at load, with the file and key in the message.
@@ -40,6 +42,8 @@ defs = dg.Definitions(
                                   _tracking.sensor_interval_seconds),
         build_kafka_worker_sensor(_api, api_job, API_SENDS_ASSET, _api.sensor_interval_seconds,
                                   gate=itel_breaker_gate),
+        itel_run_failure_alerts,
+        itel_operations_alerts,
     ],
     resources=RESOURCES,
 )
