@@ -81,6 +81,7 @@ def test_generic_message_is_one_flat_object():
         "kafka_ranges": ["itel.cabinet.task.tracking[2] 100-199"],
         "attempt": "2",
         "backfill": None,
+        "will_retry": False,
         "run_url": RUN_URL,
         "error": "read_kafka_range: KafkaException: broker down",
         "link": RUN_URL,
@@ -98,6 +99,7 @@ def test_backfill_run_without_itel_tags_still_gets_an_alert():
     assert payload["partition"] == "2026-03-01"
     assert payload["kafka_ranges"] == []
     assert payload["backfill"] == "bkfl"
+    assert payload["will_retry"] is False
     ranged = run_failure_alert(
         run_id="r2", job_name="some_job",
         tags={"dagster/asset_partition_range_start": "2026-03-01",
@@ -106,6 +108,15 @@ def test_backfill_run_without_itel_tags_still_gets_an_alert():
     assert generic_payload(ranged)["partition"] == "2026-03-01…2026-03-03"
     assert generic_payload(ranged)["worker"] is None
     assert "Worker" not in slack_payload(ranged)["text"]
+
+
+def test_a_run_dagster_will_retry_says_so():
+    tags = {**LIVE_TAGS, "dagster/will_retry": "true"}
+    alert = run_failure_alert(run_id="abc-123", job_name="itel_cabinet_tracking_job", tags=tags,
+                              error="boom", run_url=RUN_URL)
+    assert generic_payload(alert)["will_retry"] is True
+    assert "Will retry: yes" in slack_payload(alert)["text"]
+    assert "Will retry" not in slack_payload(live_alert())["text"]
 
 
 def test_errors_are_short_and_name_the_failed_steps():

@@ -143,9 +143,14 @@ def failed_manual_run(instance) -> dg.ExecuteInProcessResult:
 
 
 def test_run_without_itel_tags_gets_an_alert(instance_and_config, receiver, monkeypatch):
+    """Evaluated the way the daemon does: the sensor finds the failure in the event log."""
     instance, _ = instance_and_config
     monkeypatch.setenv("ALERT_WEBHOOK_FORMAT", "generic")
-    run = alert_on(instance, failed_manual_run(instance))
+    first = itel_run_failure_alerts.evaluate_tick(dg.build_sensor_context(instance=instance))
+    result = failed_manual_run(instance)
+    itel_run_failure_alerts.evaluate_tick(
+        dg.build_sensor_context(instance=instance, cursor=first.cursor))
+    run = instance.get_run_by_id(result.run_id)
     [alert] = receiver.received()
     assert alert["job"] == "manual_job" and alert["run_id"] == run.run_id
     assert (alert["partition"], alert["backfill"], alert["kafka_ranges"]) == (

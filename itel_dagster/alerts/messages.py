@@ -80,6 +80,8 @@ def run_failure_alert(*, run_id: str, job_name: str, tags: Mapping[str, str], er
             "kafka_ranges": kafka_ranges_from_tags(tags),
             "attempt": tags.get("itel/attempt"),
             "backfill": tags.get("dagster/backfill"),
+            # Set by Dagster when run retries are on and this run has retries left.
+            "will_retry": tags.get("dagster/will_retry") == "true",
             "run_url": run_url,
         },
         error=_cut(error, ERROR_LIMIT),
@@ -159,6 +161,8 @@ def lag_recovered_alert(*, worker: str, consumer_group: str, topic: str, lag: in
 
 
 def _shown(value: Any) -> str:
+    if value is True:
+        return "yes"
     if isinstance(value, Mapping):
         return ", ".join(f"{k}: {v}" for k, v in value.items()) or "-"
     if isinstance(value, (list, tuple)):
@@ -173,7 +177,7 @@ def _label(key: str) -> str:
 def _visible_facts(alert: Alert) -> list[tuple[str, str]]:
     # The run link is a button of its own in Slack; the generic format keeps it as a fact.
     return [(_label(k), _shown(v)) for k, v in alert.facts.items()
-            if v is not None and k != "run_url"]
+            if v is not None and v is not False and k != "run_url"]
 
 
 def plain_text(alert: Alert) -> str:
