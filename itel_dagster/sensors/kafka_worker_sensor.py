@@ -16,6 +16,7 @@ from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG
 from itel_dagster.kafka.offsets import first_offset_at_or_after, group_progress, record_timestamp_ms
 from itel_dagster.partitions import daily_partitions
 from itel_dagster.sensors.dispatch_plan import LastRun, PlannedRun, plan_dispatch
+from itel_dagster.sensors.lag_observation import lag_observation, worth_recording
 from itel_dagster.settings.kafka import bootstrap_servers
 from itel_dagster.settings.workers import WorkerSettings
 
@@ -153,11 +154,15 @@ def build_kafka_worker_sensor(
         servers = bootstrap_servers()
         topic = worker.input_topic
         progress = group_progress(servers, worker.consumer_group, topic)
+        # Lag over time in the UI (the asset's Plots tab): recorded when it changed, else every
+        # few minutes; the daemon stores these events even when the tick skips.
+        observation = lag_observation(asset_name, worker.consumer_group, topic, progress)
+        lag_events = [observation] if worth_recording(context.instance, observation) else []
         closed = gate() if gate is not None else None
         if closed:
             lag = sum(p.lag for p in progress)
             return dg.SensorResult(skip_reason=f"{closed}; lag {lag} waits in Kafka",
-                                   cursor=context.cursor)
+                                   cursor=context.cursor, asset_events=lag_events)
         in_flight = partitions_in_flight(context.instance, worker.name)
         plan = plan_dispatch(
             topic,
@@ -204,6 +209,6 @@ def build_kafka_worker_sensor(
         # The cursor is for people: what was dispatched last. Offsets and runs are the truth.
         cursor = ", ".join(f"{r.range.partition}:{r.range.start}-{r.range.end}" for r in plan.runs)
         return dg.SensorResult(run_requests=requests, cursor=cursor or context.cursor,
-                               skip_reason=skip)
+                               skip_reason=skip, asset_events=lag_events)
 
     return kafka_worker_sensor
