@@ -20,9 +20,14 @@ from itel_dagster.alerts.messages import (
     lag_recovered_alert,
 )
 from itel_dagster.alerts.webhook import NOT_CONFIGURED, post_alert
+from itel_dagster.kafka.offsets import group_progress
+from itel_dagster.resources.circuit_breaker import CLOSED as BREAKER_CLOSED
+from itel_dagster.resources.itel_api import breaker_for
 from itel_dagster.settings.alerts import AlertSettings, load_alert_settings
+from itel_dagster.settings.connections import load_itel_connection
 from itel_dagster.settings.env_yaml import ConfigError
-from itel_dagster.settings.workers import API_WORKER
+from itel_dagster.settings.kafka import bootstrap_servers
+from itel_dagster.settings.workers import API_WORKER, load_workers
 
 SENSOR_NAME = "itel_operations_alerts"
 INTERVAL_SECONDS = 30
@@ -37,16 +42,12 @@ def _utc(epoch: float | None) -> str | None:
     return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="seconds")
 
 
-def breaker_alerts(settings: AlertSettings, cursor: AlertCursor) -> tuple[list[Alert], str]:
+def breaker_alerts(settings: AlertSettings, cursor: AlertCursor) -> tuple[list[Alert], list[str]]:
     """Alerts due for the iTel breaker, and a note for the skip reason."""
-    from itel_dagster.resources.circuit_breaker import CLOSED as BREAKER_CLOSED
-    from itel_dagster.resources.itel_api import breaker_for
-    from itel_dagster.settings.connections import load_itel_connection
-
     try:
         itel = load_itel_connection()
     except ConfigError:
-        return [], "breaker: iTel connection not configured"
+        return [], ["breaker: iTel connection not configured"]
     state = breaker_for(itel).state()
     alerts = []
     for event in breaker_events(cursor, state.state == BREAKER_CLOSED, state.opened_count):
@@ -57,15 +58,11 @@ def breaker_alerts(settings: AlertSettings, cursor: AlertCursor) -> tuple[list[A
                 worker=API_WORKER, ui_base_url=settings.ui_base_url))
         elif event == CLOSED and settings.circuit_breaker.notify_recovered:
             alerts.append(breaker_closed_alert(worker=API_WORKER, ui_base_url=settings.ui_base_url))
-    return alerts, f"breaker {state.state}"
+    return alerts, [f"breaker {state.state}"]
 
 
 def lag_alerts(settings: AlertSettings, cursor: AlertCursor, now: float) -> tuple[list[Alert], list[str]]:
     """Alerts due for each worker's consumer lag, and one note per worker."""
-    from itel_dagster.kafka.offsets import group_progress
-    from itel_dagster.settings.kafka import bootstrap_servers
-    from itel_dagster.settings.workers import load_workers
-
     rule = settings.lag
     alerts, notes = [], []
     servers = bootstrap_servers()
@@ -115,13 +112,13 @@ def itel_operations_alerts(context: dg.SensorEvaluationContext) -> dg.SensorResu
         checks.append(("lag", lambda: lag_alerts(settings, cursor, time.time())))
     for name, check in checks:
         try:
-            alerts, note = check()
+            alerts, told = check()
         except Exception as exc:  # noqa: BLE001 - the other checks still run
             context.log.warning(f"{name} check failed: {type(exc).__name__}: {exc}")
             notes.append(f"{name} check failed ({type(exc).__name__}: {exc})")
             continue
         due.extend(alerts)
-        notes.extend([note] if isinstance(note, str) else note)
+        notes.extend(told)
     for alert in due:
         delivery = post_alert(settings, alert)
         log = context.log.info if delivery.sent else context.log.warning

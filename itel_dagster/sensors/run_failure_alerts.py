@@ -11,6 +11,7 @@ from itel_dagster.alerts.messages import run_failure_alert, short_error
 from itel_dagster.alerts.webhook import Delivery, post_alert
 from itel_dagster.settings.alerts import load_alert_settings
 from itel_dagster.settings.env_yaml import ConfigError
+from itel_dagster.settings.workers import load_workers
 
 ALERT_TAG = "itel/alert"
 SENSOR_NAME = "itel_run_failure_alerts"
@@ -18,8 +19,6 @@ SENSOR_NAME = "itel_run_failure_alerts"
 
 def worker_of_job(job_name: str) -> str | None:
     """itel_cabinet_tracking_job -> itel_cabinet_tracking_worker, for runs without itel tags."""
-    from itel_dagster.settings.workers import load_workers
-
     try:
         workers = load_workers()
     except ConfigError:
