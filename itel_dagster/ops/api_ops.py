@@ -51,7 +51,7 @@ def skip_already_sent(
     remaining = batch.rows.filter(~pl.col("event_id").is_in(list(handled)))
     skipped = batch.rows.height - remaining.height
     worker_logger(batch.settings).info(
-        "%s: %d events already in the send ledger, not sent again", batch.kafka_range, skipped)
+        "%s: %d events already in the send ledger, not sent again", batch.source, skipped)
     context.add_output_metadata({"already_in_ledger": skipped})
     return replace(batch.next(remaining), already_handled=batch.already_handled + skipped)
 
@@ -93,12 +93,12 @@ def send_to_itel(
     )
     if failed.height:
         log.warning("%s: %d events rejected or dead-lettered by iTel, to %s",
-                    batch.kafka_range, failed.height, settings.error_topic)
+                    batch.source, failed.height, settings.error_topic)
     commit_before = None
     if held_back.height:
         commit_before = int(held_back["kafka_offset"].min())
         log.warning("%s: circuit breaker %s; %d events stay in Kafka from offset %d",
-                    batch.kafka_range, report.breaker_state, held_back.height, commit_before)
+                    batch.source, report.breaker_state, held_back.height, commit_before)
     metadata = {
         "sent": accepted.height + failed.height, "accepted": by_outcome.get("accepted", 0),
         "rejected": by_outcome.get("rejected", 0),

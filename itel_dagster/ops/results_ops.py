@@ -45,6 +45,8 @@ def publish_results_and_commit(
             "were not sent; offsets not committed",
             allow_retries=False,
         )
+    if batch.mode == "backfill":
+        return _finish_backfill(context, batch, error_count)
     producer = kafka.results_producer(client_id=f"{settings.name}-results")
     producer.send(settings.success_topic, success_messages(batch.rows))
     if errors is not None:
@@ -56,7 +58,7 @@ def publish_results_and_commit(
     record_batch_metrics(settings, batch, worker_logger(settings))  # never raises
     summary = {
         "worker": settings.name,
-        "kafka_range": f"{r.topic}[{r.partition}] {r.start}..{r.end}",
+        "kafka_range": batch.source,
         "records": batch.counts.get("read", 0),
         "succeeded": batch.rows.height,
         "failed": error_count,
@@ -83,5 +85,33 @@ def publish_results_and_commit(
             metadata=summary,
             allow_retries=False,  # the records are out and committed: a retry would repeat them
         )
+    context.add_output_metadata(summary)
+    return summary
+
+
+def _finish_backfill(context: dg.OpExecutionContext, batch: StageBatch, error_count: int) -> dict:
+    """A backfill publishes nothing and commits nothing: the live runs published these records'
+    outcomes and own the offsets. Its facts go to the materialization's metadata."""
+    settings = batch.settings
+    summary = {
+        "worker": settings.name,
+        "mode": "backfill",
+        "days": ", ".join(str(day) for day in sorted(batch.day_windows)),
+        "kafka_windows": batch.source,
+        "records": batch.counts.get("read", 0),
+        "succeeded": batch.rows.height,
+        "failed": error_count,
+        "already_handled": batch.already_handled,
+        "missing_offsets": batch.missing_offsets,
+        "duration_seconds": round(time.monotonic() - batch.started_at, 3),
+        **{k: v for k, v in batch.counts.items() if k != "read"},
+    }
+    worker_logger(settings).info("backfill %s: %d records, %d succeeded, %d failed", batch.source,
+                                 summary["records"], summary["succeeded"], error_count)
+    not_sent = batch.counts.get("not_sent", 0)
+    if not_sent:
+        raise dg.Failure(f"backfill: {not_sent} events not sent (iTel circuit "
+                         "breaker open); launch the backfill again when iTel is back",
+                         metadata=summary, allow_retries=False)
     context.add_output_metadata(summary)
     return summary

@@ -1,11 +1,12 @@
 """The stages both workers share, as ops: read the Kafka range, transform, validate, ClaimX lookup.
 
-One definition serves both workers: the worker comes from the run config of `read_kafka_range`.
+One definition serves both workers: the worker comes from the run config of `read_kafka_range`,
+or, in a backfill, from the asset being materialized.
 A bad record becomes an error row here; no op raises because of a record's content.
 """
 
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
 import dagster as dg
 
@@ -18,20 +19,27 @@ from itel_dagster.stages.error_records import error_records
 from itel_dagster.stages.raw_batch import raw_batch_from_records
 from itel_dagster.stages.transform import transform
 from itel_dagster.stages.validate import validate
-from itel_dagster.settings.workers import load_workers
+from itel_dagster.kafka.day_window import day_bounds_ms
+from itel_dagster.settings.workers import API_WORKER, TRACKING_WORKER, load_workers
 from itel_dagster.worker_logs import worker_logger
 
 STAGE_IO = "stage_io_manager"  # in memory: batches never leave the run process
 
 
 class KafkaRangeConfig(dg.Config):
-    """The work of one run: a worker and one Kafka partition's offset range [start, end)."""
+    """The work of one run. A sensor's micro-batch names a worker and one Kafka partition's offset
+    range [start, end). Left empty (a backfill, or Materialize in the UI), the run rebuilds its
+    day partition from every record of that day Kafka still holds."""
 
-    worker: str
-    topic: str
-    partition: int
-    start: int
-    end: int
+    worker: str | None = None
+    topic: str | None = None
+    partition: int | None = None
+    start: int | None = None
+    end: int | None = None
+
+
+# Which worker a run without a Kafka range works for: the asset it materializes says.
+ASSET_WORKERS = {"itel_cabinet_task_tracking": TRACKING_WORKER, "itel_api_sends": API_WORKER}
 
 
 def _retry_policy() -> dg.RetryPolicy:
@@ -41,19 +49,18 @@ def _retry_policy() -> dg.RetryPolicy:
                           jitter=dg.Jitter.FULL)
 
 
-@dg.op(out=dg.Out(io_manager_key=STAGE_IO), retry_policy=_retry_policy(), tags={"stage": "read"})
-def read_kafka_range(
-    context: dg.OpExecutionContext, config: KafkaRangeConfig, kafka: KafkaResource
-) -> StageBatch:
+def _read_micro_batch(config: KafkaRangeConfig, kafka: KafkaResource) -> StageBatch:
     if config.worker not in load_workers():
         raise dg.Failure(f"unknown worker {config.worker!r}; workers.yaml has {sorted(load_workers())}")
+    if None in (config.topic, config.partition, config.start, config.end):
+        raise dg.Failure("a Kafka range needs topic, partition, start and end; leave all of "
+                         "read_kafka_range's config empty to rebuild the run's day partition")
     kafka_range = KafkaRange(config.topic, config.partition, config.start, config.end)
     read = kafka.read_range(config.topic, config.partition, config.start, config.end)
     if read.missing_offsets:
         worker_logger(load_workers()[config.worker]).warning(
             "%s[%d] %d..%d: %d offsets no longer in Kafka (retention)", config.topic,
             config.partition, config.start, config.end, read.missing_offsets)
-    context.add_output_metadata({"records": len(read.records), "missing_offsets": read.missing_offsets})
     return StageBatch(
         worker=config.worker,
         kafka_range=kafka_range,
@@ -61,6 +68,50 @@ def read_kafka_range(
         missing_offsets=read.missing_offsets,
         counts={"read": len(read.records)},
     )
+
+
+def _read_days(context: dg.OpExecutionContext, kafka: KafkaResource) -> StageBatch:
+    """A backfill run: every record Kafka holds of the run's day partition(s)."""
+    asset = context.assets_def.key.to_user_string() if context.has_assets_def else None
+    if asset not in ASSET_WORKERS or not context.has_partitions:
+        raise dg.Failure("without a Kafka range in its config, read_kafka_range rebuilds day "
+                         f"partitions of {sorted(ASSET_WORKERS)}: launch it for partitions")
+    settings = load_workers()[ASSET_WORKERS[asset]]
+    records, missing, windows = [], 0, {}
+    for key in context.partition_keys:
+        day = date.fromisoformat(key)
+        first_ms, next_ms = day_bounds_ms(day)
+        windows[day] = tuple(kafka.day_windows(settings.input_topic, day))
+        for window in windows[day]:
+            read = kafka.read_range(settings.input_topic, window.partition, window.start, window.end)
+            records.extend(r for r in read.records if first_ms <= r.timestamp_ms < next_ms)
+            missing += read.missing_offsets
+    batch = StageBatch(
+        worker=settings.name,
+        kafka_range=KafkaRange(settings.input_topic, -1, 0, 0),
+        rows=raw_batch_from_records(records),
+        missing_offsets=missing,
+        counts={"read": len(records)},
+        mode="backfill",
+        day_windows=windows,
+    )
+    worker_logger(settings).info("backfill of %s: %d records in Kafka, %s", asset, len(records),
+                                 batch.source)
+    return batch
+
+
+@dg.op(out=dg.Out(io_manager_key=STAGE_IO), retry_policy=_retry_policy(), tags={"stage": "read"})
+def read_kafka_range(
+    context: dg.OpExecutionContext, config: KafkaRangeConfig, kafka: KafkaResource
+) -> StageBatch:
+    if config.worker is None and config.topic is None:
+        batch = _read_days(context, kafka)
+    else:
+        batch = _read_micro_batch(config, kafka)
+    context.add_output_metadata({"mode": batch.mode, "source": batch.source,
+                                 "records": batch.counts["read"],
+                                 "missing_offsets": batch.missing_offsets})
+    return batch
 
 
 @dg.op(out=dg.Out(io_manager_key=STAGE_IO), tags={"stage": "transform"})

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from datetime import date
 
 import polars as pl
 
+from itel_dagster.kafka.day_window import DayWindow
 from itel_dagster.sensors.dispatch_plan import KafkaRange
 from itel_dagster.settings.workers import WorkerSettings, load_workers
 
@@ -32,6 +34,19 @@ class StageBatch:
     # "live": a sensor's micro-batch (publishes results, commits offsets). "backfill": a day rebuilt
     # from Kafka (no publishing, no commit). "replay": records re-read from an error topic.
     mode: str = "live"
+    # A backfill's input: the days it rebuilds and the window of each read from each partition.
+    day_windows: dict[date, tuple[DayWindow, ...]] = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        """The input, as logs and run metadata name it."""
+        r = self.kafka_range
+        if self.mode == "backfill":
+            days = "; ".join(
+                f"{day} (" + ", ".join(f"{w.partition}:{w.start}-{w.end}" for w in windows) + ")"
+                for day, windows in sorted(self.day_windows.items()))
+            return f"{r.topic} days {days}"
+        return f"{r.topic}[{r.partition}] {r.start}..{r.end}"
 
     @property
     def settings(self) -> WorkerSettings:

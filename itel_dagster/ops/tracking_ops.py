@@ -41,10 +41,13 @@ def write_tracking_rows(
     context: dg.OpExecutionContext, batch: StageBatch, delta: DeltaTablesResource
 ) -> StageBatch:
     settings = batch.settings
+    writer = delta.writer(settings.delta_table or "itel_cabinet_task_tracking")
+    if batch.mode == "backfill":
+        rows = None if batch.rows.is_empty() else tracking_rows(batch.rows, settings.column_mapping or {})
+        return _replace_days(context, batch, rows, writer)
     if batch.rows.is_empty():
         return batch
     rows = tracking_rows(batch.rows, settings.column_mapping or {})
-    writer = delta.writer(settings.delta_table or "itel_cabinet_task_tracking")
     try:
         result = writer.merge_new_rows(rows)
     except Exception as exc:
@@ -52,10 +55,10 @@ def write_tracking_rows(
         log = worker_logger(settings)
         if context.retry_number < WRITE_RETRY_POLICY.max_retries:
             log.warning("Delta write of %s failed (attempt %d): %s",
-                        batch.kafka_range, context.retry_number + 1, problem)
+                        batch.source, context.retry_number + 1, problem)
             raise
         log.error("Delta unavailable after %d attempts; %d records of %s go to %s: %s",
-                  context.retry_number + 1, batch.rows.height, batch.kafka_range,
+                  context.retry_number + 1, batch.rows.height, batch.source,
                   settings.error_topic, problem)
         failures = stage_failures(batch.rows, worker=settings.name, stage="delta_write",
                                   error_type="delta_unavailable", reason=problem)
@@ -74,3 +77,44 @@ def write_tracking_rows(
         delta_already_present=result.already_present,
         delta_version=result.version,
     )
+
+
+def _replace_days(context: dg.OpExecutionContext, batch: StageBatch, rows: pl.DataFrame | None,
+                  writer) -> StageBatch:
+    """A backfill: each day partition becomes exactly its re-read events, plus the rows whose
+    records Kafka no longer holds. A failure here fails the run (nothing is dead-lettered: the
+    records were handled live and stay in Kafka)."""
+    written = kept = removed = attempts = 0
+    version = -1
+    notes = []
+    for day, windows in sorted(batch.day_windows.items()):
+        day_rows = None
+        if rows is not None:
+            day_rows = rows.filter((pl.col("year") == day.year) & (pl.col("month") == day.month)
+                                   & (pl.col("day") == day.day))
+        held = {w.partition: (w.low, w.high) for w in windows}
+        result = writer.replace_day(day_rows, (day.year, day.month, day.day), held)
+        written, kept, removed = written + result.written, kept + result.kept, removed + result.removed
+        attempts, version = max(attempts, result.attempts), max(version, result.version)
+        if result.kept:
+            expired = {w.partition: w.low for w in windows if w.low > 0}
+            notes.append(
+                f"{day}: {result.kept} rows kept as they were, since Kafka no longer holds their "
+                f"records (retention; oldest offsets still held: {expired or 'all'}) or they "
+                "arrived after the backfill read the day")
+    metadata = {
+        "rows_written": written,
+        "rows_kept_not_reread": kept,
+        "rows_removed": removed,
+        "replace_attempts": attempts,
+        "delta_version": version,
+        "table_uri": writer.uri,
+    }
+    if notes:
+        metadata["kept_rows_reason"] = "\n".join(notes)
+        worker_logger(batch.settings).warning("backfill: %s", "; ".join(notes))
+    context.add_output_metadata(metadata)
+    successes = _success_frame(batch.rows, writer.uri, version) if rows is not None else batch.rows
+    facts = {"kept_rows_reason": metadata["kept_rows_reason"]} if notes else {}
+    return batch.next(successes, delta_inserted=written, delta_rows_kept=kept,
+                      delta_rows_removed=removed, delta_version=version, **facts)

@@ -22,6 +22,15 @@ PARTITION_COLUMNS = ["year", "month", "day"]
 
 
 @dataclass(frozen=True)
+class ReplaceResult:
+    written: int  # rows of the re-read records
+    kept: int  # rows kept because Kafka no longer holds their records, or holds them past the read
+    removed: int  # rows that were in the day before and are not any more (duplicates, strays)
+    version: int
+    attempts: int  # > 1 when a concurrent writer committed first and the replace ran again
+
+
+@dataclass(frozen=True)
 class MergeResult:
     inserted: int
     already_present: int
@@ -92,6 +101,87 @@ class DeltaTableWriter:
                     raise
                 time.sleep(random.uniform(0.05, 0.2 * (attempt + 1)))
         raise AssertionError("unreachable")
+
+
+    def replace_day(self, rows: pl.DataFrame | None, day: tuple[int, int, int],
+                    held: dict[int, tuple[int, int]]) -> ReplaceResult:
+        """Replace one day partition with `rows`, the day rebuilt from Kafka.
+
+        held: partition -> (low, high) offsets Kafka held when the day was read. A row of the day
+        whose record lies outside those (expired by retention, or written after the read by a
+        live run) is kept, once per key: a backfill never deletes what it could not re-read. A
+        concurrent commit to the day makes the replace fail and run again on the new snapshot.
+        rows=None: Kafka holds no valid event of the day.
+        """
+        year, month, day_of_month = day
+        predicate = f"year = {year} AND month = {month} AND day = {day_of_month}"
+        for attempt in range(1, self.max_conflict_retries + 2):
+            table = self._load()
+            before = self._day_rows(table, year, month, day_of_month)
+            if rows is None:
+                if table is None:
+                    return ReplaceResult(0, 0, 0, -1, attempt)
+                rows = before.clear()
+            kept = self._not_reread(before, rows, held)
+            replacement = pl.concat([rows, kept.select(rows.columns).cast(rows.schema)]) \
+                if kept.height else rows
+            if table is None and replacement.is_empty():
+                return ReplaceResult(0, 0, 0, -1, attempt)
+            try:
+                if table is None:
+                    write_deltalake(self.uri, replacement, partition_by=PARTITION_COLUMNS,
+                                    mode="error")
+                else:
+                    write_deltalake(table, replacement, mode="overwrite", predicate=predicate)
+            except CommitFailedError:
+                self._table = None
+                if attempt > self.max_conflict_retries:
+                    raise
+                time.sleep(random.uniform(0.05, 0.2 * attempt))
+                continue
+            except Exception as exc:  # noqa: BLE001 - another writer created the table first
+                if table is not None or "already exists" not in str(exc).lower():
+                    raise
+                self._table = None
+                continue
+            version = self._load().version()
+            return ReplaceResult(written=rows.height, kept=kept.height,
+                                 removed=before.height - kept.height - self._still_there(before, rows),
+                                 version=version, attempts=attempt)
+        raise AssertionError("unreachable")
+
+    def _day_rows(self, table: DeltaTable | None, year: int, month: int, day: int) -> pl.DataFrame:
+        if table is None:
+            return pl.DataFrame()
+        return pl.from_arrow(table.to_pyarrow_table(partitions=[
+            ("year", "=", str(year)), ("month", "=", str(month)), ("day", "=", str(day))]))
+
+    def _not_reread(self, before: pl.DataFrame, rows: pl.DataFrame,
+                    held: dict[int, tuple[int, int]]) -> pl.DataFrame:
+        if before.is_empty():
+            return before
+        outside = before.filter(~pl.col(self.key).is_in(rows[self.key].implode()))
+        if {"kafka_partition", "kafka_offset"} <= set(before.columns):
+            bounds = pl.DataFrame(
+                {"kafka_partition": list(held), "low": [lo for lo, _ in held.values()],
+                 "high": [hi for _, hi in held.values()]},
+                schema={"kafka_partition": before.schema["kafka_partition"], "low": pl.Int64,
+                        "high": pl.Int64})
+            outside = (
+                outside.join(bounds, on="kafka_partition", how="left")
+                .filter(pl.col("low").is_null() | (pl.col("kafka_offset") < pl.col("low"))
+                        | (pl.col("kafka_offset") >= pl.col("high")))
+                .drop("low", "high")
+            )
+        # Without Kafka coordinates no row can be proven re-readable: all are kept.
+        return outside.unique(subset=self.key, keep="first", maintain_order=True)
+
+    def _still_there(self, before: pl.DataFrame, rows: pl.DataFrame) -> int:
+        """Rows of `before` that the rebuilt day holds again (one per key)."""
+        if before.is_empty():
+            return 0
+        return before.filter(pl.col(self.key).is_in(rows[self.key].implode())) \
+            .unique(subset=self.key).height
 
 
 class DeltaTablesResource(dg.ConfigurableResource):

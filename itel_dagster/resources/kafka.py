@@ -3,8 +3,11 @@ local dev broker), read at run time so the code location loads without a broker.
 
 from __future__ import annotations
 
+from datetime import date
+
 import dagster as dg
 
+from itel_dagster.kafka.day_window import DayWindow, day_windows
 from itel_dagster.kafka.offsets import commit_offsets, group_progress
 from itel_dagster.kafka.range_reader import RangeRead, read_range
 from itel_dagster.kafka.results_producer import ResultsProducer
@@ -28,3 +31,6 @@ class KafkaResource(dg.ConfigurableResource):
 
     def progress(self, group: str, topic: str):
         return group_progress(self.servers(), group, topic)
+
+    def day_windows(self, topic: str, day: date) -> list[DayWindow]:
+        return day_windows(self.servers(), topic, day)
