@@ -177,3 +177,22 @@ def test_payload_source_must_be_known(tmp_path, monkeypatch):
                   lambda text: text.replace("source_system: =claimx", "source_system: claimx"))
     with pytest.raises(ConfigError, match=r"payload.source_system: source 'claimx' must be"):
         load_itel_connection(FULL_ENV)
+
+
+def test_delta_storage_options_come_from_one_json_env_var(monkeypatch):
+    import pytest
+
+    from itel_dagster.settings.paths import delta_storage_options
+
+    monkeypatch.delenv("ITEL_DELTA_STORAGE_OPTIONS", raising=False)
+    assert delta_storage_options() is None
+    monkeypatch.setenv("ITEL_DELTA_STORAGE_OPTIONS",
+                       '{"AWS_S3_LOCKING_PROVIDER": "dynamodb", "DELTA_DYNAMO_TABLE_NAME": "locks"}')
+    assert delta_storage_options() == {"AWS_S3_LOCKING_PROVIDER": "dynamodb",
+                                       "DELTA_DYNAMO_TABLE_NAME": "locks"}
+    monkeypatch.setenv("ITEL_DELTA_STORAGE_OPTIONS", "AWS_S3_LOCKING_PROVIDER=dynamodb")
+    with pytest.raises(ValueError, match="not JSON"):
+        delta_storage_options()
+    monkeypatch.setenv("ITEL_DELTA_STORAGE_OPTIONS", '{"timeout": 5}')
+    with pytest.raises(ValueError, match="object of strings"):
+        delta_storage_options()

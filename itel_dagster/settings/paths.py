@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -34,3 +35,19 @@ def delta_root() -> str:
             )
         return root.rstrip("/")
     return str(Path(root).resolve())
+
+
+def delta_storage_options() -> dict[str, str] | None:
+    """ITEL_DELTA_STORAGE_OPTIONS: a JSON object handed to delta-rs as `storage_options`, e.g. the
+    S3 locking provider that makes concurrent commits safe (see docs/scaling.md)."""
+    raw = os.environ.get("ITEL_DELTA_STORAGE_OPTIONS", "").strip()
+    if not raw:
+        return None
+    try:
+        options = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"ITEL_DELTA_STORAGE_OPTIONS is not JSON: {exc}") from None
+    if not isinstance(options, dict) or not all(isinstance(v, str) for v in options.values()):
+        raise ValueError('ITEL_DELTA_STORAGE_OPTIONS must be a JSON object of strings, e.g. '
+                         '{"AWS_S3_LOCKING_PROVIDER": "dynamodb"}')
+    return options
