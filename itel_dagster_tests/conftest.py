@@ -4,4 +4,5 @@ pytest_plugins = [
     "itel_dagster_tests.fixtures.kafka_fixtures",
     "itel_dagster_tests.fixtures.simulator_fixtures",
     "itel_dagster_tests.fixtures.pipeline_fixtures",
+    "itel_dagster_tests.fixtures.dagster_ui_fixtures",
 ]
