@@ -7,7 +7,8 @@ config: what a backfill launched from the UI or `dagster job backfill` executes.
 from __future__ import annotations
 
 import json
-import threading
+import subprocess
+import sys
 from collections import Counter
 from datetime import date, datetime, timedelta, timezone
 
@@ -160,30 +161,38 @@ def test_backfill_keeps_rows_whose_records_retention_deleted(pipeline):
     assert "0: 20" in metadata["kept_rows_reason"]
 
 
+BACKFILL_PROCESS = """
+import sys
+import dagster as dg
+from itel_dagster.definitions import defs
+
+job = defs.resolve_job_def("itel_cabinet_tracking_job")
+keys = sys.argv[1:]
+tags = {"dagster/backfill": "concurrent", "dagster/asset_partition_range_start": keys[0],
+        "dagster/asset_partition_range_end": keys[-1]}
+for _ in range(3):
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert job.execute_in_process(tags=tags, instance=instance).success
+"""
+
+
 def test_backfill_and_live_runs_on_the_same_day_do_not_corrupt_each_other(pipeline):
     records = list(generate_records(count=600, seed=64, days=0.5, now=NOW))
     pipeline.produce(records)
     path = str(pipeline.delta_root / "itel_cabinet_task_tracking")
     days = sorted(valid_by_day(records))
-    errors: list[BaseException] = []
-
-    def backfills():
-        try:
-            for _ in range(3):
-                assert backfill(pipeline, TRACKING, *days).success
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-            errors.append(exc)
-
     # Small live runs, so many Delta commits interleave with the backfills' replaces.
     workers_file = pipeline.root / "config/plugins/itel_cabinet_api/workers.yaml"
     data = yaml.safe_load(workers_file.read_text())
     data["workers"][TRACKING].update(batch_size=20, max_records_per_run=40)
     workers_file.write_text(yaml.safe_dump(data, sort_keys=False))
-    other = threading.Thread(target=backfills)
-    other.start()
+    # The backfill runs in its own process, as the run launcher starts it, on the same days.
+    backfills = subprocess.Popen([sys.executable, "-c", BACKFILL_PROCESS,
+                                  *(d.isoformat() for d in days)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert all(r.success for r in pipeline.drain(TRACKING))
-    other.join(300)
-    assert not other.is_alive() and not errors, errors
+    output, _ = backfills.communicate(timeout=600)
+    assert backfills.returncode == 0, output.decode()[-3000:]
     table = pl.read_delta(path)
     assert table.height == len(records) == table["event_id"].n_unique()
     assert set(table["event_id"]) == {r.event_id for r in records}
