@@ -26,6 +26,8 @@ API_SENDS_ASSET = "itel_api_sends"
     description="Every final outcome of sending ClaimX task 32513 events to the iTel Cabinet API "
     "(accepted / rejected / dead_lettered), one accepted row per event at most.",
     kinds={"delta", "polars", "kafka"},
+    # A backfill run rebuilds whole days in memory: one day per run keeps a run's memory bounded.
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
 )
 def itel_api_sends():
     batch = read_kafka_range()

@@ -27,6 +27,8 @@ TRACKING_ASSET = "itel_cabinet_task_tracking"
     description="ClaimX task 32513 events enriched with ClaimX task details, one row per event_id "
     "(Delta, partitioned by year/month/day of the Kafka timestamp).",
     kinds={"delta", "polars", "kafka"},
+    # A backfill run rebuilds whole days in memory: one day per run keeps a run's memory bounded.
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
 )
 def itel_cabinet_task_tracking():
     batch = read_kafka_range()
