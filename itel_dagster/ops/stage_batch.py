@@ -46,6 +46,8 @@ class StageBatch:
                 f"{day} (" + ", ".join(f"{w.partition}:{w.start}-{w.end}" for w in windows) + ")"
                 for day, windows in sorted(self.day_windows.items()))
             return f"{r.topic} days {days}"
+        if self.mode == "replay":
+            return f"dead letters of {self.worker} replayed from {r.topic}"
         return f"{r.topic}[{r.partition}] {r.start}..{r.end}"
 
     @property
