@@ -15,6 +15,7 @@ from pathlib import Path
 
 from itel_dagster.devstack.kafka.broker import LocalKafkaBroker, free_port, port_is_free
 from itel_dagster.devstack.kafka.topics import ensure_topics, pipeline_topics
+from itel_dagster.metrics.exporter import DEFAULT_PORT as DEFAULT_METRICS_PORT
 from itel_dagster.settings.paths import PROJECT_ROOT, state_dir
 from itel_dagster.settings.workers import load_workers
 
@@ -39,6 +40,9 @@ class StackOptions:
     bad_fraction: float = 0.02
     run_dagster: bool = True
     stop_kafka_on_exit: bool = True
+    # The Prometheus endpoint (`itel-dagster metrics serve`); a free port if taken.
+    metrics_port: int = field(default_factory=lambda: int(os.environ.get("ITEL_METRICS_PORT")
+                                                          or DEFAULT_METRICS_PORT))
 
 
 @dataclass
@@ -69,6 +73,7 @@ class LocalStack:
             "ITEL_DELTA_ROOT": os.environ.get("ITEL_DELTA_ROOT") or str(PROJECT_ROOT / "data/delta"),
         }
         self._start_publisher(say)
+        self._start_metrics(say)
         if self.options.run_dagster:
             self._start_dagster(say)
         return self.env
@@ -138,6 +143,12 @@ class LocalStack:
             self._spawn(self._publish_args("--continuous", "--rate", str(self.options.demo_rate)),
                         "publisher.log")
             say(f"publisher  {self.options.demo_rate} events/s, continuous (var/logs/publisher.log)")
+
+    def _start_metrics(self, say) -> None:
+        port = port_or_free(self.options.metrics_port)
+        self._spawn([sys.executable, "-m", "itel_dagster.cli", "metrics", "serve",
+                     "--host", "127.0.0.1", "--port", str(port)], "metrics.log")
+        say(f"metrics    http://127.0.0.1:{port}/metrics (var/logs/metrics.log)")
 
     def _start_dagster(self, say) -> None:
         self._spawn(
