@@ -3,7 +3,7 @@ one partitioned run per Kafka partition range.
 
 It never joins the group (no rebalances) and never commits: it reads committed offsets and
 watermarks, and the runs commit after their results are durable. Run requests carry offsets,
-never payloads.
+never payloads. Each tick also records the group's lag as an observation of the worker's asset.
 """
 
 
