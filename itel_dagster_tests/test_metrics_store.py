@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,7 +25,7 @@ def samples(store: MetricsStore) -> dict[tuple[str, frozenset], float]:
 
 
 def _record_in_a_process(path: str, start) -> None:
-    store = MetricsStore(__import__("pathlib").Path(path))
+    store = MetricsStore(Path(path))
     start.wait()  # every process writes at the same time
     for _ in range(FLUSHES):
         batch = MetricBatch(store)

@@ -6,7 +6,6 @@ metrics store or commits offsets.
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 
@@ -34,8 +33,8 @@ def metrics() -> None:
 
 @metrics.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=None,
-              help=f"Port [default: ITEL_METRICS_PORT, else {DEFAULT_PORT}; 0: any free one].")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
+              envvar="ITEL_METRICS_PORT", show_envvar=True, help="Port (0: any free one).")
 @_BOOTSTRAP
 def serve_command(host, port, bootstrap_servers) -> None:
     """Serve http://HOST:PORT/metrics until Ctrl-C or SIGTERM.
@@ -43,8 +42,6 @@ def serve_command(host, port, bootstrap_servers) -> None:
     The counters come from <ITEL_STATE_DIR>/metrics.sqlite, where every run process adds its
     counts; lag is read from Kafka at each scrape.
     """
-    if port is None:
-        port = int(os.environ.get("ITEL_METRICS_PORT") or DEFAULT_PORT)
     try:
         server = serve(pipeline_registry(bootstrap_servers=_bootstrap(bootstrap_servers)),
                        host, port)

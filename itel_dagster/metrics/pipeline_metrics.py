@@ -18,22 +18,28 @@ from itel_dagster.settings.workers import TRACKING_WORKER, WorkerSettings
 if TYPE_CHECKING:
     from itel_dagster.ops.stage_batch import StageBatch
 
+logger = logging.getLogger(__name__)
+
 
 def record_batch_metrics(settings: WorkerSettings, batch: StageBatch,
                          log: logging.Logger | None = None) -> None:
     """A live run's outcome, once its offsets are committed. Events the open breaker held back
     (not_sent) are not counted: they stay in Kafka and a later run finishes them."""
-    metrics = MetricBatch()
     processed = MESSAGES_PROCESSED.get(settings.name)
     if processed is None:
         return  # a worker the seed names no metrics for
-    metrics.inc(processed, batch.rows.height, outcome="succeeded")
-    metrics.inc(processed, batch.error_count(), outcome="failed")
-    metrics.inc(processed, batch.already_handled, outcome="skipped")
-    if settings.name == TRACKING_WORKER:
-        metrics.inc(TRACKING_DELTA_WRITES, int(batch.counts.get("delta_inserted", 0)))
-        metrics.inc(TRACKING_DELTA_WRITE_ERRORS,
-                    int(batch.counts.get("failed_stage_delta_write", 0)))
+    metrics = MetricBatch()
+    try:
+        metrics.inc(processed, batch.rows.height, outcome="succeeded")
+        metrics.inc(processed, batch.error_count(), outcome="failed")
+        metrics.inc(processed, batch.already_handled, outcome="skipped")
+        if settings.name == TRACKING_WORKER:
+            metrics.inc(TRACKING_DELTA_WRITES, int(batch.counts.get("delta_inserted", 0)))
+            metrics.inc(TRACKING_DELTA_WRITE_ERRORS,
+                        int(batch.counts.get("failed_stage_delta_write", 0)))
+    except Exception as exc:  # the run's outcome is committed; metrics never change that
+        (log or logger).warning("metrics not recorded: %s: %s", type(exc).__name__, exc)
+        return
     metrics.flush(log)
 
 
