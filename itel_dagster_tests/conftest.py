@@ -6,3 +6,21 @@ pytest_plugins = [
     "itel_dagster_tests.fixtures.pipeline_fixtures",
     "itel_dagster_tests.fixtures.dagster_ui_fixtures",
 ]
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def state_dir_outside_the_checkout(tmp_path_factory):
+    """Tests that build clients without the `pipeline` fixture (which sets its own) write their
+    metrics, cache and breaker state here, never into the checkout's ./var."""
+    import os
+
+    previous = os.environ.get("ITEL_STATE_DIR")
+    os.environ["ITEL_STATE_DIR"] = str(tmp_path_factory.mktemp("state"))
+    yield
+    if previous is None:
+        os.environ.pop("ITEL_STATE_DIR", None)
+    else:
+        os.environ["ITEL_STATE_DIR"] = previous

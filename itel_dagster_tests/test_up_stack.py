@@ -77,6 +77,12 @@ def test_up_starts_kafka_simulators_publisher_and_dagster_then_stops(tmp_path):
             180, "dagster dev to answer")
         assert info.status_code == 200
         assert (tmp_path / "var/dagster_home/dagster.yaml").resolve() == PROJECT_ROOT / "dagster.yaml"
+        # The metrics endpoint it started serves both groups' lag.
+        metrics_url = re.search(r"metrics\s+(http://\S+)", output()).group(1)
+        metrics = wait_for(lambda: httpx.get(metrics_url, timeout=10), 60, "the metrics endpoint")
+        lag_lines = [line for line in metrics.text.splitlines() if line.startswith("itel_consumer_lag{")]
+        assert any("itel_cabinet_api_worker_group" in line for line in lag_lines)
+        assert any("itel_cabinet_tracking_worker_group" in line for line in lag_lines)
     finally:
         stack.send_signal(signal.SIGTERM)
         code = stack.wait(timeout=90)

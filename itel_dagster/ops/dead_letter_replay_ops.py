@@ -12,6 +12,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
+from itel_dagster.metrics.pipeline_metrics import record_batch_metrics
 from itel_dagster.assets.itel_api_sends import API_SENDS_ASSET
 from itel_dagster.assets.tracking_table import TRACKING_ASSET
 from itel_dagster.kafka.time_window import OffsetWindow, time_windows
@@ -232,6 +233,8 @@ def finish_replay(
     producer.send(settings.success_topic, success_messages(succeeded))
     producer.send(settings.error_topic, error_record_messages(errors))
     producer.flush()
+    # Rows and sends of a replay count like a live run's (delta_writes_total = rows in Delta).
+    record_batch_metrics(settings, batch, worker_logger(settings))  # never raises
 
     log_rows = replay_log(dead_letters, pl.concat([succeeded.select(ORIGINAL),
                                                 done_before.select(ORIGINAL)]),
