@@ -1,0 +1,84 @@
+"""What the bench published, read back from the input topic: each record's coordinates, Kafka
+timestamp, event_id and whether it is bad (the publisher's itel_bad_kind header). Every figure
+and every correctness check compares against this, never against what the pipeline reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, TopicPartition
+
+from itel_dagster.devstack.publisher.events import BAD_KIND_HEADER, EVENT_ID_HEADER
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    partition: int
+    offset: int
+    timestamp_ms: int
+    assignment_id: int | None  # the record key
+    event_id: str | None
+    bad_kind: str | None
+
+    @property
+    def valid(self) -> bool:
+        return self.bad_kind is None
+
+
+def _consumer(bootstrap: str) -> Consumer:
+    return Consumer({"bootstrap.servers": bootstrap, "group.id": "itel-bench-reader",
+                     "enable.auto.commit": False, "enable.partition.eof": False})
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """partition -> high watermark (the next offset to be written)."""
+    consumer = _consumer(bootstrap)
+    try:
+        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30,
+                                                  cached=False)[1] for p in partitions}
+    finally:
+        consumer.close()
+
+
+def record_count(bootstrap: str, topic: str) -> int:
+    """Records a (fresh, never compacted or expired) topic holds."""
+    return sum(end_offsets(bootstrap, topic).values())
+
+
+def read_input(bootstrap: str, topic: str, start: dict[int, int] | None = None,
+               end: dict[int, int] | None = None) -> list[InputRecord]:
+    """The records from `start` (default: the beginning) to `end` (default: now), per partition."""
+    end = end or end_offsets(bootstrap, topic)
+    start = start or {}
+    consumer = _consumer(bootstrap)
+    found: list[InputRecord] = []
+    try:
+        for partition, high in sorted(end.items()):
+            first = start.get(partition, 0)
+            if first >= high:
+                continue
+            consumer.assign([TopicPartition(topic, partition, first)])
+            while True:
+                message = consumer.poll(10)
+                if message is None:
+                    raise RuntimeError(f"{topic}[{partition}] stopped before offset {high}")
+                if message.error():
+                    continue
+                headers = dict(message.headers() or [])
+                key = message.key()
+                event_id = headers.get(EVENT_ID_HEADER)
+                bad_kind = headers.get(BAD_KIND_HEADER)
+                found.append(InputRecord(
+                    partition=partition, offset=message.offset(),
+                    timestamp_ms=message.timestamp()[1],
+                    assignment_id=int(key) if key and key.isdigit() else None,
+                    event_id=event_id.decode() if event_id else None,
+                    bad_kind=bad_kind.decode() if bad_kind else None,
+                ))
+                if message.offset() >= high - 1:
+                    break
+    finally:
+        consumer.close()
+    return found

@@ -1,0 +1,122 @@
+"""Peak memory of the Dagster daemon, its code server and each run process, from /proc (Linux).
+
+A thread polls the process tree under the daemon and keeps each process's VmHWM (its peak RSS
+so far, which the kernel keeps). A run that grows and exits between two polls shows the peak of
+its last poll, so polls are frequent. It only reads /proc; it never signals a process.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DAEMON, CODE_SERVER, RUN, OTHER = "daemon", "code_server", "run", "other"
+
+
+@dataclass
+class ProcessPeak:
+    pid: int
+    role: str
+    peak_kb: int = 0
+
+
+def _stat_ppid(pid: int) -> int | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: fields start after the last ')'.
+    return int(text[text.rindex(")") + 2:].split()[1])
+
+
+def _vm_hwm_kb(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _role(pid: int, root: int) -> str:
+    if pid == root:
+        return DAEMON
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return OTHER
+    # The code server starts each run as a multiprocessing child (DefaultRunLauncher); other
+    # launchers use `dagster api execute_run`.
+    if "spawn_main" in command or "execute_run" in command or "resume_run" in command:
+        return RUN
+    if "grpc" in command or "code-server" in command:
+        return CODE_SERVER
+    return OTHER
+
+
+def descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            parent = _stat_ppid(int(entry))
+            if parent is not None:
+                children.setdefault(parent, []).append(int(entry))
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        found.add(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+@dataclass
+class MemorySampler:
+    root_pid: int
+    interval_seconds: float = 0.3
+    peaks: dict[int, ProcessPeak] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> "MemorySampler":
+        self._thread = threading.Thread(target=self._poll, name="bench-memory", daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval_seconds)
+
+    def sample(self) -> None:
+        for pid in descendants(self.root_pid):
+            hwm = _vm_hwm_kb(pid)
+            if hwm is None:
+                continue
+            with self._lock:
+                peak = self.peaks.get(pid)
+                if peak is None:
+                    peak = self.peaks[pid] = ProcessPeak(pid, _role(pid, self.root_pid))
+                peak.peak_kb = max(peak.peak_kb, hwm)
+
+    def reset_runs(self) -> None:
+        """Forget run processes seen so far (a new phase measures its own runs)."""
+        with self._lock:
+            self.peaks = {pid: p for pid, p in self.peaks.items() if p.role != RUN}
+
+    def peak_mb(self, role: str) -> float | None:
+        with self._lock:
+            values = [p.peak_kb for p in self.peaks.values() if p.role == role]
+        return round(max(values) / 1024, 1) if values else None
+
+    def count(self, role: str) -> int:
+        with self._lock:
+            return sum(1 for p in self.peaks.values() if p.role == role)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
