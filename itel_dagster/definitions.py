@@ -10,6 +10,7 @@ import dagster as dg
 
 from itel_dagster.assets.itel_api_sends import API_SENDS_ASSET, api_job, itel_api_sends
 from itel_dagster.assets.tracking_table import TRACKING_ASSET, itel_cabinet_task_tracking, tracking_job
+from itel_dagster.checks.checks_job import ASSET_CHECKS, asset_checks_job, asset_checks_schedule
 from itel_dagster.jobs.dead_letter_replay import itel_dead_letter_replay_job
 from itel_dagster.ops.shared_stage_ops import STAGE_IO
 from itel_dagster.resources.claimx_api import ClaimxApiResource
@@ -37,7 +38,9 @@ RESOURCES = {
 
 defs = dg.Definitions(
     assets=[itel_cabinet_task_tracking, itel_api_sends],
-    jobs=[tracking_job, api_job, itel_dead_letter_replay_job],
+    asset_checks=ASSET_CHECKS,
+    jobs=[tracking_job, api_job, itel_dead_letter_replay_job, asset_checks_job],
+    schedules=[asset_checks_schedule],
     sensors=[
         build_kafka_worker_sensor(_tracking, tracking_job, TRACKING_ASSET,
                                   _tracking.sensor_interval_seconds),

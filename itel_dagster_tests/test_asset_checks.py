@@ -1,0 +1,230 @@
+"""The asset checks end to end: real broker, simulators, Delta on disk; the checks job (and a
+check alone, as the asset's Checks tab launches it) runs in process on the test's instance.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timedelta, timezone
+
+import dagster as dg
+import polars as pl
+from deltalake import DeltaTable, write_deltalake
+
+from itel_dagster.devstack.publisher.events import generate_records
+from itel_dagster.jobs.dead_letter_replay import DEAD_LETTER_REPLAY_JOB
+
+TRACKING = "itel_cabinet_tracking_worker"
+API = "itel_cabinet_api_worker"
+NOW = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)  # not in the future
+# Records of one UTC day (fewer runs to drain): yesterday from 08:00 to 20:00.
+YESTERDAY_EVENING = (NOW - timedelta(days=1)).replace(hour=20)
+UNIQUE, COMPLETE, FRESH = "event_id_unique_per_day", "complete_per_day", "freshness"
+SENT = "every_valid_event_sent_or_dead_lettered"
+DAY_CHECK_OPS = ("itel_cabinet_task_tracking_event_id_unique_per_day",
+                 "itel_cabinet_task_tracking_complete_per_day",
+                 "itel_api_sends_every_valid_event_sent_or_dead_lettered")
+
+
+def day_of(timestamp_ms: int) -> date:
+    return datetime.fromtimestamp(timestamp_ms / 1000, tz=timezone.utc).date()
+
+
+def days_of(records) -> list[date]:
+    return sorted({day_of(r.timestamp_ms) for r in records})
+
+
+def run_checks(pipeline, days, freshness_minutes: float = 15) -> dict:
+    """Every check, as the schedule runs them: check name -> its evaluation."""
+    from itel_dagster.definitions import defs
+
+    day_config = {"config": {"days": [d.isoformat() for d in days]}}
+    run_config = {"ops": {**{op: day_config for op in DAY_CHECK_OPS},
+                          "itel_cabinet_task_tracking_freshness":
+                              {"config": {"freshness_minutes": freshness_minutes}}}}
+    result = defs.resolve_job_def("itel_asset_checks_job").execute_in_process(
+        run_config=run_config, instance=pipeline.instance)
+    assert result.success  # a failed check is a result, never a failed run
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def day_facts(evaluation, day: date) -> dict:
+    return evaluation.metadata["per_day"].value[day.isoformat()]
+
+
+def total(evaluation, key: str) -> int:
+    return evaluation.metadata[key].value
+
+
+def test_all_checks_pass_after_both_workers_drained(pipeline):
+    records = list(generate_records(count=300, seed=71, bad_fraction=0.1, days=2, now=NOW))
+    pipeline.produce(records)
+    assert all(r.success for r in pipeline.drain(TRACKING))
+    assert all(r.success for r in pipeline.drain(API))
+    days = days_of(records)
+
+    checks = run_checks(pipeline, days)
+    assert set(checks) == {UNIQUE, COMPLETE, FRESH, SENT}
+    assert all(e.passed for e in checks.values()), {n: e.description for n, e in checks.items()}
+    for day in days:
+        on_day = [r for r in records if day_of(r.timestamp_ms) == day]
+        valid = {r.event_id for r in on_day if r.bad_kind is None}
+        complete = day_facts(checks[COMPLETE], day)
+        assert complete["kafka_records"] == len(on_day)
+        assert complete["in_table"] == len(valid) == complete["rows"] == complete["rows_matched"]
+        assert complete["dead_lettered"] == len(on_day) - len(valid)  # the bad records
+        assert complete["pending"] == complete["missing"] == complete["unexpected_rows"] == 0
+        assert day_facts(checks[UNIQUE], day)["duplicate_rows"] == 0
+        sent = day_facts(checks[SENT], day)
+        assert sent["valid_events"] == sent["accepted"] == len(valid)
+    assert total(checks[COMPLETE], "kafka_records") == len(records)
+    assert checks[FRESH].metadata["lag"].value == 0
+
+    # One check alone, as its Execute button in the asset's Checks tab runs it: default config.
+    from itel_dagster.definitions import defs
+
+    key = dg.AssetCheckKey(dg.AssetKey("itel_cabinet_task_tracking"), UNIQUE)
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_check_selection={key})
+    result = job.execute_in_process(instance=pipeline.instance)
+    [evaluation] = result.get_asset_check_evaluations()
+    assert evaluation.passed
+    today = NOW.date()
+    assert evaluation.metadata["days"].value == f"{today - timedelta(days=1)}, {today}"
+
+
+def test_a_damaged_day_fails_uniqueness_and_completeness_until_backfilled(pipeline):
+    from itel_dagster_tests.test_backfill import backfill
+
+    records = list(generate_records(count=200, seed=72, bad_fraction=0.05, days=0.5,
+                                    now=YESTERDAY_EVENING))
+    pipeline.produce(records)
+    assert all(r.success for r in pipeline.drain(TRACKING))
+    days = days_of(records)
+    [target] = days
+    path = str(pipeline.delta_root / "itel_cabinet_task_tracking")
+    day_rows = pipeline.tracking_table().filter(
+        (pl.col("year") == target.year) & (pl.col("month") == target.month)
+        & (pl.col("day") == target.day)).sort("kafka_partition", "kafka_offset")
+    deleted = day_rows["event_id"][:5].to_list()
+    DeltaTable(path).delete(f"event_id IN ({', '.join(repr(e) for e in deleted)})")
+    duplicated = day_rows["event_id"][10:14].to_list()
+    write_deltalake(DeltaTable(path), day_rows[10:14], mode="append")
+    stray = day_rows[20:21].with_columns(pl.lit("not-an-event").alias("event_id"))
+    write_deltalake(DeltaTable(path), stray, mode="append")
+
+    checks = run_checks(pipeline, days)
+    unique = checks[UNIQUE]
+    assert not unique.passed and unique.severity == dg.AssetCheckSeverity.ERROR
+    facts = day_facts(unique, target)
+    assert facts["duplicate_rows"] == 4
+    assert sorted(facts["duplicated_event_ids"]) == sorted(f"{e} x2" for e in duplicated)
+    assert unique.metadata["failed_days"].value == target.isoformat()
+    assert unique.description.startswith(f"{target}: 4 duplicate rows")
+    complete = checks[COMPLETE]
+    assert not complete.passed and complete.severity == dg.AssetCheckSeverity.ERROR
+    facts = day_facts(complete, target)
+    assert facts["missing"] == 5
+    assert {m.split(" @ ")[0] for m in facts["missing_records"]} == set(deleted)
+    assert facts["unexpected_rows"] == 1 and facts["unexpected_row_ids"] == ["not-an-event"]
+    assert deleted[0] in complete.description
+    assert checks[SENT].passed  # the API worker has not started: everything pending
+    assert total(checks[SENT], "pending") == len({r.event_id for r in records
+                                                   if r.bad_kind is None})
+
+    assert backfill(pipeline, TRACKING, target).success
+    checks = run_checks(pipeline, days)
+    assert checks[UNIQUE].passed and checks[COMPLETE].passed
+    assert day_facts(checks[COMPLETE], target)["missing"] == 0
+
+
+def test_undrained_lag_is_pending_and_freshness_follows_lag_and_age(pipeline):
+    first = list(generate_records(count=120, seed=73, bad_fraction=0.05, days=0.5,
+                                  now=YESTERDAY_EVENING))
+    pipeline.produce(first)
+    assert all(r.success for r in pipeline.drain(TRACKING))
+    # Stamped over the same hours: each partition holds the day's records out of order.
+    waiting = list(generate_records(count=60, seed=74, days=0.5, now=YESTERDAY_EVENING))
+    pipeline.produce(waiting)
+    days = days_of(first + waiting)
+
+    checks = run_checks(pipeline, days, freshness_minutes=15)
+    assert checks[COMPLETE].passed
+    assert total(checks[COMPLETE], "pending") == len(waiting)
+    assert total(checks[COMPLETE], "missing") == 0
+    fresh = checks[FRESH]
+    assert fresh.passed  # records wait, but the table was written minutes ago
+    assert fresh.metadata["lag"].value == len(waiting)
+    assert fresh.metadata["age_minutes"].value < 15
+
+    stale = run_checks(pipeline, days, freshness_minutes=0)[FRESH]
+    assert not stale.passed and stale.severity == dg.AssetCheckSeverity.WARN
+    assert f"{len(waiting)} records waiting" in stale.description
+
+    assert all(r.success for r in pipeline.drain(TRACKING))
+    checks = run_checks(pipeline, days, freshness_minutes=0)
+    assert checks[FRESH].passed and checks[FRESH].metadata["lag"].value == 0
+    assert checks[COMPLETE].passed and total(checks[COMPLETE], "pending") == 0
+
+
+def test_dead_lettered_then_replayed_records_count_once(pipeline, monkeypatch):
+    records = list(generate_records(count=40, seed=75, days=0.5, now=YESTERDAY_EVENING))
+    blocker = pipeline.root / "not-a-directory"
+    blocker.write_text("a file where the Delta root should be")
+    monkeypatch.setenv("ITEL_DELTA_ROOT", str(blocker / "delta"))
+    pipeline.produce(records)
+    assert not any(r.success for r in pipeline.drain(TRACKING))  # Delta down: dead-lettered
+    monkeypatch.setenv("ITEL_DELTA_ROOT", str(pipeline.delta_root))
+    days = days_of(records)
+
+    complete = run_checks(pipeline, days)[COMPLETE]
+    assert complete.passed
+    assert total(complete, "dead_lettered") == 40 and total(complete, "in_table") == 0
+
+    from itel_dagster.definitions import defs
+
+    assert defs.resolve_job_def(DEAD_LETTER_REPLAY_JOB).execute_in_process(
+        run_config={"ops": {"read_dead_letters": {"config": {"worker": TRACKING}}}},
+        instance=pipeline.instance).success
+    complete = run_checks(pipeline, days)[COMPLETE]
+    assert complete.passed
+    assert total(complete, "in_table") == 40 == total(complete, "kafka_records")
+    assert total(complete, "dead_lettered") == 0
+    assert total(complete, "written_after_dead_letter") == 40
+
+
+def test_api_check_counts_rejections_as_dead_lettered_and_finds_a_lost_event(pipeline):
+    # A contract where unknown assignments (ClaimX 404) have no project: iTel answers 422.
+    pipeline.set_itel(payload={
+        "task_id": "event.task_id", "assignment_id": "event.assignment_id",
+        "project_id": "claimx.project_id", "task_status": "event.task_status",
+        "repair_details": {"cabinet_id": "claimx.custom_fields.cabinet_id",
+                           "technician_notes": "claimx.notes"},
+        "source_system": "=claimx"})
+    records = list(generate_records(count=80, seed=76, days=0.5, unknown_fraction=0.3,
+                                    bad_fraction=0.05, now=YESTERDAY_EVENING))
+    pipeline.produce(records)
+    assert all(r.success for r in pipeline.drain(API))
+    valid = [r for r in records if r.bad_kind is None]
+    rejected = {r.event_id for r in valid if json.loads(r.value)["assignment_id"] >= 9_000_000}
+    assert rejected
+    later = list(generate_records(count=20, seed=77, days=0.5, now=YESTERDAY_EVENING))
+    pipeline.produce(later)  # not drained: pending
+    days = days_of(records + later)
+
+    sent = run_checks(pipeline, days)[SENT]
+    assert sent.passed, sent.description
+    assert total(sent, "accepted") == len(valid) - len(rejected)
+    assert total(sent, "dead_lettered") == len(rejected)
+    assert total(sent, "pending") == len(later)
+    assert total(sent, "missing") == 0
+
+    # An accepted send vanishes from the ledger: the event was neither sent nor dead-lettered.
+    lost = sorted({r.event_id for r in valid} - rejected)[0]
+    ledger = DeltaTable(str(pipeline.delta_root / "itel_api_sends"))
+    ledger.delete(f"event_id = '{lost}' AND outcome = 'accepted'")
+    sent = run_checks(pipeline, days)[SENT]
+    assert not sent.passed and sent.severity == dg.AssetCheckSeverity.ERROR
+    assert total(sent, "missing") == 1
+    [day] = [d for d in days if day_facts(sent, d)["missing"]]
+    assert [m.split(" @ ")[0] for m in day_facts(sent, day)["missing_events"]] == [lost]
+    assert lost in sent.description
