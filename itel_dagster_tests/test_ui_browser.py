@@ -123,7 +123,8 @@ def test_backfill_of_two_days_launched_by_clicking_completes(ui_page, dagster_ui
     page.goto(f"/runs/b/{backfill_id}")
     for day in two_days:
         expect(page.get_by_text(day).first).to_be_visible()
-    expect(page.get_by_text(re.compile(r"Completed|Success")).first).to_be_visible()
+    expect(page.get_by_text("Succeeded", exact=True).first).to_be_visible()
+    expect(page.get_by_text("100% completed")).to_be_visible()
     stack.screenshot(page, "06-backfill-completed")
 
     # What the backfill promises: each day holds exactly one row per valid event of that day.
