@@ -50,4 +50,7 @@ defs = dg.Definitions(
         itel_operations_alerts,
     ],
     resources=RESOURCES,
+    # Every job in one process, the implicit asset job of UI backfills too: stage outputs live in
+    # memory (STAGE_IO) and never cross processes.
+    executor=dg.in_process_executor,
 )

@@ -11,7 +11,6 @@ import dagster as dg
 import polars as pl
 
 from itel_dagster.metrics.pipeline_metrics import record_batch_metrics
-from itel_dagster.ops.shared_stage_ops import STAGE_IO
 from itel_dagster.ops.stage_batch import StageBatch
 from itel_dagster.resources.kafka import KafkaResource
 from itel_dagster.stages.error_records import error_record_messages
@@ -27,12 +26,13 @@ def success_messages(successes: pl.DataFrame) -> list[tuple[bytes | None, bytes]
     return [(key.encode() if key else None, line.encode()) for key, line in zip(keys, lines)]
 
 
-@dg.op(out=dg.Out(io_manager_key=STAGE_IO), tags={"stage": "commit"},
+# A plain output: it is the assets' output, so backfill jobs need no in-memory IO manager.
+@dg.op(tags={"stage": "commit"},
        retry_policy=dg.RetryPolicy(max_retries=3, delay=1, backoff=dg.Backoff.EXPONENTIAL,
                                    jitter=dg.Jitter.FULL))
 def publish_results_and_commit(
     context: dg.OpExecutionContext, batch: StageBatch, kafka: KafkaResource
-) -> dict:
+) -> None:
     settings = batch.settings
     errors = pl.concat(batch.errors, how="diagonal_relaxed") if batch.errors else None
     error_count = errors.height if errors is not None else 0
@@ -46,7 +46,8 @@ def publish_results_and_commit(
             allow_retries=False,
         )
     if batch.mode == "backfill":
-        return _finish_backfill(context, batch, error_count)
+        _finish_backfill(context, batch, error_count)
+        return None
     producer = kafka.results_producer(client_id=f"{settings.name}-results")
     producer.send(settings.success_topic, success_messages(batch.rows))
     if errors is not None:
@@ -86,7 +87,7 @@ def publish_results_and_commit(
             allow_retries=False,  # the records are out and committed: a retry would repeat them
         )
     context.add_output_metadata(summary)
-    return summary
+    return None
 
 
 def _finish_backfill(context: dg.OpExecutionContext, batch: StageBatch, error_count: int) -> dict:
