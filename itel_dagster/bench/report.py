@@ -124,6 +124,8 @@ def table(doc: dict) -> str:
          *(_fmt(_get(f, "run_overhead", w, "median_seconds")) for w in WORKERS)),
         ("one-record run, max (s)",
          *(_fmt(_get(f, "run_overhead", w, "max_seconds")) for w in WORKERS)),
+        ("one-record run, requested->end (s)",
+         *(_fmt(_get(f, "run_overhead", w, "created_to_end_median_seconds")) for w in WORKERS)),
         ("in-process ClaimX req/event",
          *(_fmt(_get(f, "in_process", w, "claimx_requests_per_event")) for w in WORKERS)),
     ]
@@ -143,10 +145,10 @@ def table(doc: dict) -> str:
         f"machine: {m['cores']} cores, {m['memory_gb']} GB, load {m['load_average']}; "
         f"commit {(g['commit'] or '?')[:12]}{' (dirty)' if g['dirty'] else ''}",
         "",
-        f"{'figure':<32}{'tracking':>14}{'api':>14}",
-        "-" * 60,
-        *(f"{name:<32}{a:>14}{b:>14}" for name, a, b in rows),
-        *(f"{name:<32}{value:>28}" for name, value in single),
+        f"{'figure':<36}{'tracking':>14}{'api':>14}",
+        "-" * 64,
+        *(f"{name:<36}{a:>14}{b:>14}" for name, a, b in rows),
+        *(f"{name:<36}{value:>28}" for name, value in single),
         "",
         "targets:",
         *(f"  [{'met' if t['met'] else 'MISSED' if t['met'] is False else 'n/a'}] {t['target']}: "

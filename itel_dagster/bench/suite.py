@@ -157,6 +157,7 @@ def _publish_one(bootstrap: str, topic: str, seed: str) -> None:
 def _phase_overhead(run: BenchRun, stack: BenchStack, daemon: DagsterDaemon, workers) -> None:
     topic = workers[0].input_topic
     seconds: dict[str, list[float]] = {SHORT[w.name]: [] for w in workers}
+    queued: dict[str, list[float]] = {SHORT[w.name]: [] for w in workers}  # created -> end
     with _bar(run.options, run.options.overhead_runs, "one-record runs", unit="run") as bar:
         for sample in range(run.options.overhead_runs):
             before = end_offsets(stack.bootstrap, topic)
@@ -171,10 +172,14 @@ def _phase_overhead(run: BenchRun, stack: BenchStack, daemon: DagsterDaemon, wor
                          and r.status == "SUCCESS" and r.seconds is not None]
                 if found:
                     seconds[SHORT[worker.name]].append(found[0].seconds)
+                    queued[SHORT[worker.name]].append(found[0].ended_at - found[0].created_at)
             bar.update()
     run.figures["run_overhead"] = {
         worker: {"median_seconds": round(statistics.median(values), 3) if values else None,
-                 "max_seconds": round(max(values), 3) if values else None, "samples": len(values)}
+                 "max_seconds": round(max(values), 3) if values else None, "samples": len(values),
+                 # Requested by the sensor -> finished: adds the queue and the run process launch.
+                 "created_to_end_median_seconds":
+                     round(statistics.median(queued[worker]), 3) if queued[worker] else None}
         for worker, values in seconds.items()
     }
 
