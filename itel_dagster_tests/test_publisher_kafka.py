@@ -142,3 +142,11 @@ def test_publish_command_prints_the_summary(kafka_bootstrap, make_topic, monkeyp
 def test_publish_command_refuses_continuous_without_rate():
     result = CliRunner().invoke(main, ["publish", "--continuous", "--bootstrap-servers", "x:1"])
     assert result.exit_code == 2 and "--continuous needs --rate" in result.output
+
+
+def test_publish_command_defaults_to_the_configured_input_topic(pipeline):
+    # The pipeline fixture's config renames the topics; publish follows workers.yaml.
+    result = CliRunner().invoke(main, ["publish", "--count", "30", "--seed", "4", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert f"published 30 records to {pipeline.tracking.input_topic}" in result.output
+    assert pipeline.lag("itel_cabinet_tracking_worker") == 30

@@ -28,7 +28,9 @@ _FRACTION = click.FloatRange(0.0, 1.0)
               show_default=True, help="Event timestamps are spread over this many days up to now.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Same seed, same records (ids, statuses, bad kinds); timestamps follow now.")
-@click.option("--topic", default=DEFAULT_TOPIC, show_default=True, help="Topic to publish to.")
+@click.option("--topic", default=None,
+              help=f"Topic to publish to [default: the workers' input_topic in workers.yaml, "
+                   f"{DEFAULT_TOPIC}].")
 @click.option("--bootstrap-servers", default=None,
               help="Kafka address [default: KAFKA_BOOTSTRAP_SERVERS, else the local broker of "
                    "`itel-dagster kafka start`].")
@@ -56,7 +58,7 @@ def publish(count, rate, bad_fraction, unknown_fraction, days, seed, topic, boot
     try:
         summary = publish_events(
             bootstrap_servers or _default_bootstrap_servers(),
-            topic,
+            topic or _configured_input_topic(),
             None if continuous else count,
             rate_per_second=rate,
             bad_fraction=bad_fraction,
@@ -79,4 +81,16 @@ def _default_bootstrap_servers() -> str:
     try:
         return bootstrap_servers()
     except KafkaSetupError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _configured_input_topic() -> str:
+    """The topic both workers consume (ITEL_CONFIG_DIR's workers.yaml), so `up` with a renamed
+    topic publishes where its workers read."""
+    from itel_dagster.settings.env_yaml import ConfigError
+    from itel_dagster.settings.workers import TRACKING_WORKER, load_workers
+
+    try:
+        return load_workers()[TRACKING_WORKER].input_topic
+    except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
