@@ -57,7 +57,7 @@ def total(evaluation, key: str) -> int:
 
 
 def test_all_checks_pass_after_both_workers_drained(pipeline):
-    records = list(generate_records(count=300, seed=71, bad_fraction=0.1, days=2, now=NOW))
+    records = list(generate_records(count=200, seed=71, bad_fraction=0.1, days=1, now=NOW))
     pipeline.produce(records)
     assert all(r.success for r in pipeline.drain(TRACKING))
     assert all(r.success for r in pipeline.drain(API))
@@ -93,8 +93,6 @@ def test_all_checks_pass_after_both_workers_drained(pipeline):
 
 
 def test_a_damaged_day_fails_uniqueness_and_completeness_until_backfilled(pipeline):
-    from itel_dagster_tests.test_backfill import backfill
-
     records = list(generate_records(count=200, seed=72, bad_fraction=0.05, days=0.5,
                                     now=YESTERDAY_EVENING))
     pipeline.produce(records)
@@ -131,10 +129,21 @@ def test_a_damaged_day_fails_uniqueness_and_completeness_until_backfilled(pipeli
     assert total(checks[SENT], "pending") == len({r.event_id for r in records
                                                    if r.bad_kind is None})
 
-    assert backfill(pipeline, TRACKING, target).success
-    checks = run_checks(pipeline, days)
-    assert checks[UNIQUE].passed and checks[COMPLETE].passed
-    assert day_facts(checks[COMPLETE], target)["missing"] == 0
+    # A backfill of the day, as the daemon runs a UI backfill: the asset and its checks in one
+    # run; the checks look at the run's day partition.
+    from itel_dagster.definitions import defs
+
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection={dg.AssetKey("itel_cabinet_task_tracking")})
+    result = job.execute_in_process(partition_key=target.isoformat(), instance=pipeline.instance,
+                                    tags={"dagster/backfill": "test"})
+    assert result.success
+    checked = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert set(checked) == {UNIQUE, COMPLETE, FRESH}
+    assert checked[UNIQUE].passed and checked[COMPLETE].passed
+    assert checked[COMPLETE].metadata["days"].value == target.isoformat()
+    assert day_facts(checked[COMPLETE], target)["missing"] == 0
+    assert run_checks(pipeline, days)[UNIQUE].passed
 
 
 def test_undrained_lag_is_pending_and_freshness_follows_lag_and_age(pipeline):
@@ -228,3 +237,17 @@ def test_api_check_counts_rejections_as_dead_lettered_and_finds_a_lost_event(pip
     [day] = [d for d in days if day_facts(sent, d)["missing"]]
     assert [m.split(" @ ")[0] for m in day_facts(sent, day)["missing_events"]] == [lost]
     assert lost in sent.description
+
+
+def test_worker_runs_leave_the_checks_to_their_job_and_schedule():
+    from itel_dagster.checks.checks_job import asset_checks_schedule
+    from itel_dagster.definitions import defs
+
+    for job_name in ("itel_cabinet_tracking_job", "itel_cabinet_api_job"):
+        assert not defs.resolve_job_def(job_name).asset_layer.asset_graph.asset_check_keys
+    checks = defs.resolve_job_def("itel_asset_checks_job")
+    assert {key.name for key in checks.asset_layer.asset_graph.asset_check_keys} == \
+        {UNIQUE, COMPLETE, FRESH, SENT}
+    assert asset_checks_schedule.job_name == "itel_asset_checks_job"
+    assert asset_checks_schedule.cron_schedule == "*/15 * * * *"
+    assert asset_checks_schedule.default_status == dg.DefaultScheduleStatus.RUNNING

@@ -77,6 +77,9 @@ def test_uniqueness_names_duplicated_event_ids_with_their_counts():
     assert "3 duplicate rows" in facts.problem
     assert uniqueness(DAY, rows(("a", 0, 0))).passed
     assert uniqueness(DAY, rows()).passed
+    many = uniqueness(DAY, rows(*[(f"e{n}", 0, n) for n in range(8)] * 2), sample_size=7)
+    assert len(many.duplicated_event_ids) == 7
+    assert many.problem.endswith("e4 x2 and 2 more in the metadata")
 
 
 def test_completeness_accounts_each_record_once():

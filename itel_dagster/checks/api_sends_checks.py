@@ -7,7 +7,12 @@ Reads Kafka, the API error topic and the ledger; never sends and never writes.
 import dagster as dg
 
 from itel_dagster.assets.itel_api_sends import API_SENDS_ASSET
-from itel_dagster.checks.day_inputs import dead_letter_coordinates, day_rows, kafka_days, next_offsets
+from itel_dagster.checks.day_inputs import (
+    dead_letter_coordinates,
+    day_rows,
+    kafka_days,
+    next_offsets,
+)
 from itel_dagster.checks.day_results import DayCheckConfig, day_check_result, days_of
 from itel_dagster.ops.api_ops import LEDGER_TABLE
 from itel_dagster.resources.delta_tables import DeltaTablesResource

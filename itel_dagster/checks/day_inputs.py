@@ -64,24 +64,27 @@ def kafka_days(kafka: KafkaResource, topic: str, days: list[date],
                     judged[day].append(day_records(raw_batch_from_records(on_day),
                                                    expected_task_id))
     held = {w.partition: (w.low, w.high) for w in windows}
-    return {day: KafkaDay(pl.concat(frames) if frames else pl.DataFrame(schema=DAY_RECORD_SCHEMA),
-                          held)
-            for day, frames in judged.items()}
+    empty = pl.DataFrame(schema=DAY_RECORD_SCHEMA)
+    return {day: KafkaDay(pl.concat([empty, *frames]), held) for day, frames in judged.items()}
 
 
 def dead_letter_coordinates(kafka: KafkaResource, error_topic: str, input_topic: str,
                             since: date) -> pl.DataFrame:
-    """The original (kafka_partition, kafka_offset) of every readable error record about the input
-    topic written since `since` began (less the margin), with its event_id; one row per error
+    """The original (kafka_partition, kafka_offset) and event_id of every readable error record
+    about the input topic written since `since` began (less the margin); one row per error
     record."""
     from_ms = day_bounds_ms(since)[0] - FUTURE_STAMP_MARGIN_MS
-    records = []
+    found = [pl.DataFrame(schema={"kafka_partition": pl.Int32, "kafka_offset": pl.Int64,
+                                  "event_id": pl.String})]
     for window in time_windows(kafka.servers(), error_topic, from_ms, None):
-        records.extend(kafka.read_range(error_topic, window.partition, window.start,
-                                        window.end).records)
-    return (parse_dead_letters(records)
-            .filter(pl.col("unreadable").is_null() & (pl.col("kafka_topic") == input_topic))
-            .select("kafka_partition", "kafka_offset", "event_id"))
+        for start in range(window.start, window.end, READ_CHUNK):
+            read = kafka.read_range(error_topic, window.partition, start,
+                                    min(start + READ_CHUNK, window.end))
+            found.append(
+                parse_dead_letters(read.records)
+                .filter(pl.col("unreadable").is_null() & (pl.col("kafka_topic") == input_topic))
+                .select("kafka_partition", "kafka_offset", "event_id"))
+    return pl.concat(found)
 
 
 def _exists(uri: str) -> bool:

@@ -51,6 +51,12 @@ def _sample(frame: pl.DataFrame, size: int) -> list[str]:
             frame.sort(COORDINATES).head(size).select(*COORDINATES, "event_id").iter_rows()]
 
 
+def _listed(items: list[str], shown: int = 5) -> str:
+    """The first few items of a sample, for a one-line description (metadata has the sample)."""
+    more = f" and {len(items) - shown} more in the metadata" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
+
+
 def _with_pending(records: pl.DataFrame, next_offsets: dict[int, int]) -> pl.DataFrame:
     """`pending`: at or after the offset the group resumes from (it has not handled it yet)."""
     resume = pl.DataFrame({"kafka_partition": list(next_offsets),
@@ -92,18 +98,18 @@ class DayUniqueness:
 
     @property
     def problem(self) -> str:
-        return f"{self.duplicate_rows} duplicate rows: {', '.join(self.duplicated_event_ids)}"
+        return f"{self.duplicate_rows} duplicate rows: {_listed(self.duplicated_event_ids)}"
 
 
 def uniqueness(day: date, rows: pl.DataFrame, sample_size: int = 20) -> DayUniqueness:
     """rows: the day's rows of the table, with event_id."""
-    counts = rows.group_by("event_id").len().filter(pl.col("len") > 1).sort("len", "event_id",
-                                                                         descending=[True, False])
+    counts = (rows.group_by("event_id").len().filter(pl.col("len") > 1)
+              .sort("len", "event_id", descending=[True, False]).head(sample_size))
     distinct = rows["event_id"].n_unique() if rows.height else 0
     return DayUniqueness(
         day=day.isoformat(), rows=rows.height, distinct_event_ids=distinct,
         duplicate_rows=rows.height - distinct,
-        duplicated_event_ids=[f"{event_id} x{n}" for event_id, n in counts.head(sample_size).rows()])
+        duplicated_event_ids=[f"{event_id} x{n}" for event_id, n in counts.rows()])
 
 
 @dataclass(frozen=True)
@@ -139,10 +145,10 @@ class DayCompleteness:
         problems = []
         if self.missing:
             problems.append(f"{self.missing} Kafka records neither in the table nor "
-                            f"dead-lettered: {', '.join(self.missing_records)}")
+                            f"dead-lettered: {_listed(self.missing_records)}")
         if self.unexpected_rows:
             problems.append(f"{self.unexpected_rows} rows of no valid record of the day: "
-                            f"{', '.join(self.unexpected_row_ids)}")
+                            f"{_listed(self.unexpected_row_ids)}")
         return "; ".join(problems)
 
 
@@ -190,7 +196,8 @@ def completeness(
         dead_lettered=counts.get("dead_lettered", 0),
         pending=counts.get("pending", 0),
         missing=counts.get("missing", 0),
-        written_after_dead_letter=judged.filter(pl.col("in_table") & pl.col("dead_lettered")).height,
+        written_after_dead_letter=judged.filter(pl.col("in_table")
+                                                & pl.col("dead_lettered")).height,
         rows=rows.height,
         rows_matched=matched.height,
         rows_beyond_retention=beyond,
@@ -221,7 +228,7 @@ class DaySends:
     @property
     def problem(self) -> str:
         return (f"{self.missing} valid events neither accepted nor dead-lettered: "
-                f"{', '.join(self.missing_events)}")
+                f"{_listed(self.missing_events)}")
 
 
 def sends(
