@@ -16,6 +16,7 @@ import orjson
 import polars as pl
 
 from itel_dagster.kafka.range_reader import KafkaRecord
+from itel_dagster.stages.error_records import ERROR_RECORD_SCHEMA
 from itel_dagster.stages.raw_batch import raw_batch_from_records
 
 REPLAY_TABLE = "itel_dead_letter_replays"
@@ -29,25 +30,11 @@ DEAD_LETTER_SCHEMA = pl.Schema({
     "error_partition": pl.Int32,
     "error_offset": pl.Int64,
     "error_timestamp": pl.Datetime("ms", "UTC"),
-    # Its JSON (error_records.ERROR_RECORD_SCHEMA).
-    "event_id": pl.String,
-    "worker": pl.String,
-    "stage": pl.String,
-    "error_type": pl.String,
-    "error_message": pl.String,
-    "attempt": pl.Int64,
-    "kafka_topic": pl.String,
-    "kafka_partition": pl.Int32,
-    "kafka_offset": pl.Int64,
-    "kafka_timestamp": pl.Datetime("ms", "UTC"),
-    "kafka_key": pl.String,
-    "original_payload": pl.String,
-    "failed_at": pl.Datetime("us", "UTC"),
+    # Its JSON.
+    **ERROR_RECORD_SCHEMA,
     "unreadable": pl.String,  # why the error record cannot be replayed; null when it can
 })
-_JSON_FIELDS = [name for name in DEAD_LETTER_SCHEMA
-                if not name.startswith("error_") or name in ("error_type", "error_message")]
-_JSON_FIELDS.remove("unreadable")
+_JSON_FIELDS = list(ERROR_RECORD_SCHEMA)
 
 REPLAY_LOG_SCHEMA = pl.Schema({
     "replay_key": pl.String,  # error_record:replay_run_id (a re-executed step writes nothing twice)
