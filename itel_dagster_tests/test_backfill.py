@@ -114,6 +114,26 @@ def test_backfill_restores_a_damaged_day_exactly(pipeline):
     assert len(pipeline.consume_all(pipeline.tracking.error_topic)) == errors_before
 
 
+def test_backfill_reads_late_records_of_the_day_past_the_next_days_first_offset(pipeline):
+    # Two batches stamped over the same two days: the second batch's records of yesterday sit
+    # after the first batch's records of today in every partition.
+    first = list(generate_records(count=120, seed=66, days=1.5, now=NOW))
+    late = list(generate_records(count=120, seed=67, days=1.5, now=NOW))
+    pipeline.produce(first)
+    assert all(r.success for r in pipeline.drain(TRACKING))
+    pipeline.produce(late)
+    assert all(r.success for r in pipeline.drain(TRACKING))
+    before = pipeline.tracking_table()
+    day = sorted(valid_by_day(first + late))[0]
+
+    result = backfill(pipeline, TRACKING, day)
+    assert result.success
+    after = pipeline.tracking_table()
+    assert sorted(day_rows(after, day)["event_id"]) == sorted(valid_by_day(first + late)[day])
+    assert sorted(after["event_id"]) == sorted(before["event_id"])
+    assert materialization_metadata(result)["delta_rows_removed"] == 0
+
+
 def test_backfill_of_a_day_range_in_one_run_and_of_an_empty_table(pipeline):
     records = list(generate_records(count=200, seed=62, bad_fraction=0.05, days=2, now=NOW))
     pipeline.produce(records)

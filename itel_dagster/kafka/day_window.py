@@ -34,8 +34,10 @@ def day_bounds_ms(day: date) -> tuple[int, int]:
 
 def day_windows(bootstrap_servers: str, topic: str, day: date,
                 timeout: float = 10.0) -> list[DayWindow]:
-    """One window per partition. Records inside a window can still carry another day's timestamp
-    (producers may stamp out of order); the reader filters by timestamp."""
+    """One window per partition. Producers may stamp out of order: records inside a window can
+    carry another day's timestamp and records of the day can lie past `end` (Kafka's time index
+    only guarantees none lies before `start`). A reader that must see the whole day reads from
+    `start` to `high` and filters by timestamp."""
     first_ms, next_ms = day_bounds_ms(day)
     consumer = group_consumer(bootstrap_servers, "itel-range-reader")
     try:

@@ -38,6 +38,8 @@ class KafkaRangeConfig(dg.Config):
     end: int | None = None
 
 
+BACKFILL_READ_CHUNK = 20_000  # records held at once beyond the day's own
+
 # Which worker a run without a Kafka range works for: the asset it materializes says.
 ASSET_WORKERS = {"itel_cabinet_task_tracking": TRACKING_WORKER, "itel_api_sends": API_WORKER}
 
@@ -83,9 +85,13 @@ def _read_days(context: dg.OpExecutionContext, kafka: KafkaResource) -> StageBat
         first_ms, next_ms = day_bounds_ms(day)
         windows[day] = tuple(kafka.day_windows(settings.input_topic, day))
         for window in windows[day]:
-            read = kafka.read_range(settings.input_topic, window.partition, window.start, window.end)
-            records.extend(r for r in read.records if first_ms <= r.timestamp_ms < next_ms)
-            missing += read.missing_offsets
+            # Producers stamp events with their own time, so records of the day can follow the
+            # next day's first offset: read to the end, keep the day's, a chunk at a time.
+            for start in range(window.start, window.high, BACKFILL_READ_CHUNK):
+                end = min(start + BACKFILL_READ_CHUNK, window.high)
+                read = kafka.read_range(settings.input_topic, window.partition, start, end)
+                records.extend(r for r in read.records if first_ms <= r.timestamp_ms < next_ms)
+                missing += read.missing_offsets
     batch = StageBatch(
         worker=settings.name,
         kafka_range=KafkaRange(settings.input_topic, -1, 0, 0),
