@@ -167,9 +167,15 @@ def _phase_overhead(run: BenchRun, stack: BenchStack, daemon: DagsterDaemon, wor
             (partition,) = [p for p in after if after[p] != before.get(p, 0)]
             instance = daemon.instance()
             for worker in workers:
-                found = [r for r in run_facts(instance, worker.name)
-                         if r.partition == partition and r.start <= before[partition] < r.end
-                         and r.status == "SUCCESS" and r.seconds is not None]
+                # A run commits before it turns SUCCESS: give its end a moment to be recorded.
+                deadline = time.monotonic() + 60
+                while not (found := [r for r in run_facts(instance, worker.name)
+                                     if r.partition == partition
+                                     and r.start <= before[partition] < r.end
+                                     and r.status == "SUCCESS" and r.seconds is not None]):
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.5)
                 if found:
                     seconds[SHORT[worker.name]].append(found[0].seconds)
                     queued[SHORT[worker.name]].append(found[0].ended_at - found[0].created_at)
