@@ -163,11 +163,16 @@ def build_kafka_worker_sensor(
             lag = sum(p.lag for p in progress)
             return dg.SensorResult(skip_reason=f"{closed}; lag {lag} waits in Kafka",
                                    cursor=context.cursor, asset_events=lag_events)
+        # Run states first, offsets after: a run commits before it turns SUCCESS, so offsets read
+        # after the states are at least as new as they are. Read the other way round, a range
+        # whose run committed and finished during this tick looked unfinished and went out again.
         in_flight = partitions_in_flight(context.instance, worker.name)
+        finished = last_runs(context.instance, worker.name, [p.partition for p in progress])
+        progress = group_progress(servers, worker.consumer_group, topic)
         plan = plan_dispatch(
             topic,
             progress,
-            last_runs(context.instance, worker.name, [p.partition for p in progress]),
+            finished,
             in_flight,
             worker.max_records_per_run,
             timestamp_at=lambda p, o: record_timestamp_ms(servers, topic, p, o),
