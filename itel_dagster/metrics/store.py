@@ -8,7 +8,9 @@ processes add up and none is lost. It only adds: values are never set, lowered o
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
+import time
 from collections.abc import Mapping
 from contextlib import closing
 from pathlib import Path
@@ -65,8 +67,10 @@ class MetricsStore:
         """Add every increment in one transaction (all or none)."""
         rows = [(name, json.dumps(dict(labels), sort_keys=True), amount)
                 for (name, labels), amount in increments.items() if amount]
-        if not rows:
-            return
+        if rows:
+            _while_locked(lambda: self._add(rows))
+
+    def _add(self, rows: list[tuple[str, str, float]]) -> None:
         with closing(self._connect()) as connection:
             connection.execute("BEGIN IMMEDIATE")
             try:
@@ -80,6 +84,24 @@ class MetricsStore:
         """Every sample recorded so far; empty when nothing was ever recorded."""
         if not self.path.exists():
             return {}
-        with closing(self._connect()) as connection:
-            rows = connection.execute("SELECT name, labels, value FROM metric_values").fetchall()
+
+        def read() -> list[tuple[str, str, float]]:
+            with closing(self._connect()) as connection:
+                return connection.execute("SELECT name, labels, value FROM metric_values").fetchall()
+
+        rows = _while_locked(read)
         return {sample_key(name, **json.loads(labels)): value for name, labels, value in rows}
+
+
+def _while_locked(work, patience_seconds: float = 30.0):
+    """Run `work` again while SQLite says the database is locked. The busy timeout does not cover
+    every case: switching to WAL and lock upgrades between processes starting together answer
+    "database is locked" at once (seen with four processes at one barrier)."""
+    deadline = time.monotonic() + patience_seconds
+    while True:
+        try:
+            return work()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.01, 0.1))
