@@ -45,7 +45,7 @@ def test_smoke_bench_reports_every_figure_and_loses_nothing(kafka_bootstrap, tmp
             assert isinstance(value, (int, float)) and value >= 0, (section, worker, name, value)
         assert figures["catch_up"][worker]["failed_runs"] == 0
         assert figures["latency"][worker]["events"] > 0
-    for name in ("largest_run_process", "daemon", "code_server"):
+    for name in ("largest_run_process", "daemon", "code_server", "fork_server"):
         assert figures["memory_mb"][name] > 0, name
     assert figures["claimx"]["requests"] > 0
     assert isinstance(figures["claimx"]["bound_per_event"], float)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -77,3 +78,46 @@ def test_refused_connections_and_wrong_token_skip(claimx, cache):
     batch = ClaimxLookupClient(settings_for(claimx), cache).lookup([1_000_061])
     assert batch.results[1_000_061].status == "skipped"
     assert "ConnectError" in batch.warning
+
+
+def test_two_runs_missing_the_same_ids_at_once_fetch_each_id_once(claimx, tmp_path):
+    """Both workers read the same events at the same moment: the second waits for the first's
+    answers (a claim in the shared cache) instead of asking ClaimX again."""
+    claimx.set_faults(latency_ms=100)  # both lookups overlap for sure
+    claimx.clear_stats()
+    path = tmp_path / "shared.sqlite"
+    ids = list(range(1_000_100, 1_000_140))
+    clients = [ClaimxLookupClient(settings_for(claimx), TaskCache(path, 60)) for _ in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        batches = list(pool.map(lambda c: c.lookup(ids), clients))
+    for batch in batches:
+        assert {a: r.status for a, r in batch.results.items()} == dict.fromkeys(ids, "enriched")
+    assert sum(b.requests_made for b in batches) == len(ids)
+    assert claimx.stats()["routes"]["GET /api/v1/tasks/{assignment_id}"]["total"] == len(ids)
+    assert sorted(b.cache_hits for b in batches)[1] > 0  # one of them waited for the other
+    assert TaskCache(path, 60).claimed(ids, 30) == set()  # every claim released
+
+
+def test_a_claim_released_without_answers_is_fetched_by_the_waiting_run(claimx, tmp_path):
+    """The claimant's fetch failed (nothing cached): the waiting run does not wait for its lease
+    to lapse, it asks ClaimX itself."""
+    path = tmp_path / "shared.sqlite"
+    cache = TaskCache(path, 60)
+    assert cache.claim([1_000_200], "crashed-run", lease_seconds=30) == {1_000_200}
+    client = ClaimxLookupClient(settings_for(claimx), TaskCache(path, 60))
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(client.lookup, [1_000_200])
+        time.sleep(0.3)
+        assert not waiting.done()  # held by the other run: it waits
+        cache.release([1_000_200], "crashed-run")
+        batch = waiting.result(timeout=10)
+    assert batch.results[1_000_200].status == "enriched"
+    assert batch.requests_made == 1
+
+
+def test_a_lapsed_claim_does_not_block(claimx, tmp_path):
+    path = tmp_path / "shared.sqlite"
+    TaskCache(path, 60).claim([1_000_300], "dead-run", lease_seconds=30, now=time.time() - 31)
+    batch = ClaimxLookupClient(settings_for(claimx), TaskCache(path, 60)).lookup([1_000_300])
+    assert batch.results[1_000_300].status == "enriched"
+    assert batch.requests_made == 1

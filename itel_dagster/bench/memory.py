@@ -12,7 +12,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DAEMON, CODE_SERVER, RUN, OTHER = "daemon", "code_server", "run", "other"
+DAEMON, CODE_SERVER, RUN, FORK_SERVER, OTHER = (
+    "daemon", "code_server", "run", "fork_server", "other")
 
 
 @dataclass
@@ -48,6 +49,15 @@ def _role(pid: int, root: int) -> str:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return OTHER
+    # WarmForkRunLauncher: runs are forks of the warm process, so they share its command line;
+    # the warm process is the one whose parent is not another of its kind.
+    if "run_fork_server" in command:
+        parent = _stat_ppid(pid)
+        try:
+            parent_command = Path(f"/proc/{parent}/cmdline").read_bytes() if parent else b""
+        except OSError:
+            parent_command = b""
+        return RUN if b"run_fork_server" in parent_command else FORK_SERVER
     # The code server starts each run as a multiprocessing child (DefaultRunLauncher); other
     # launchers use `dagster api execute_run`.
     if "spawn_main" in command or "execute_run" in command or "resume_run" in command:

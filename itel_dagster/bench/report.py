@@ -132,8 +132,9 @@ def table(doc: dict) -> str:
     single = [
         ("largest run process (MB RSS)", _fmt(_get(f, "memory_mb", "largest_run_process"))
          + f" ({_fmt(_get(f, 'memory_mb', 'largest_run_records'))} records)"),
-        ("daemon / code server (MB RSS)", f"{_fmt(_get(f, 'memory_mb', 'daemon'))} / "
-                                          f"{_fmt(_get(f, 'memory_mb', 'code_server'))}"),
+        ("daemon / code server / warm (MB RSS)",
+         f"{_fmt(_get(f, 'memory_mb', 'daemon'))} / {_fmt(_get(f, 'memory_mb', 'code_server'))}"
+         f" / {_fmt(_get(f, 'memory_mb', 'fork_server'))}"),
         ("ClaimX requests/event (bound)", f"{_fmt(_get(f, 'claimx', 'requests_per_event'))} "
                                           f"({_fmt(_get(f, 'claimx', 'bound_per_event'))})"),
     ]

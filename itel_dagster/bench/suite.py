@@ -26,7 +26,7 @@ from itel_dagster.bench.dagster_path import DagsterDaemon, run_facts, wait_until
 from itel_dagster.bench.ground_truth import end_offsets, read_input
 from itel_dagster.bench.in_process import in_process_settings, run_in_process
 from itel_dagster.bench.latency import itel_latencies, percentiles, tracking_latencies
-from itel_dagster.bench.memory import CODE_SERVER, DAEMON, RUN, MemorySampler
+from itel_dagster.bench.memory import CODE_SERVER, DAEMON, FORK_SERVER, RUN, MemorySampler
 from itel_dagster.bench.stack import BenchStack, StackChoices
 from itel_dagster.devstack.publisher.events import live_records
 from itel_dagster.devstack.publisher.publish import publish_events
@@ -239,7 +239,8 @@ def run_bench(options: BenchOptions) -> BenchRun:
         _phase_overhead(run, stack, daemon, workers)
         sampler.sample()
         run.figures["memory_mb"].update(daemon=sampler.peak_mb(DAEMON),
-                                        code_server=sampler.peak_mb(CODE_SERVER))
+                                        code_server=sampler.peak_mb(CODE_SERVER),
+                                        fork_server=sampler.peak_mb(FORK_SERVER))
         _phase_claimx_and_correctness(run, stack, daemon, workers)
     except Exception as exc:  # noqa: BLE001 - any failure is the bench's result, with its reason
         run.error = f"{type(exc).__name__}: {exc}"

@@ -385,6 +385,9 @@ def _with_params(request: Request, params: dict[str, str]) -> Request:
 class _Listener(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default listen backlog is 5: a client opening 16 connections at once has
+    # some of its SYNs dropped and retried a second later, which looked like a slow API.
+    request_queue_size = 128
 
     def __init__(self, simulator: SimulatorServer, address: tuple[str, int]) -> None:
         self.simulator = simulator

@@ -1,0 +1,1 @@
+"""Run launchers: how a queued run becomes a running process."""

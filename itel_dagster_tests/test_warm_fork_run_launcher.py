@@ -1,0 +1,171 @@
+"""WarmForkRunLauncher on a real Dagster instance: runs are real processes forked from one warm
+process, see code changes at once, can be terminated, and a dead run worker is reported failed."""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.definitions.reconstruct import ReconstructableJob
+from dagster._core.errors import DagsterLaunchFailedError
+from dagster._core.launcher.base import WorkerStatus
+
+from itel_dagster.launchers.warm_fork_run_launcher import RUN_PID_TAG, process_state
+
+LAUNCHER = "itel_dagster.launchers.warm_fork_run_launcher"
+
+JOBS = '''
+import os, time
+import dagster as dg
+
+VERSION = "{version}"
+
+@dg.op(config_schema={{"out": str}})
+def where(context):
+    with open(context.op_config["out"], "w") as out:
+        out.write(f"{{os.getpid()}} {{os.getppid()}} {{VERSION}}")
+
+@dg.job(executor_def=dg.in_process_executor)
+def where_job():
+    where()
+
+@dg.op(config_schema={{"started": str}})
+def wait_long(context):
+    open(context.op_config["started"], "w").close()
+    for _ in range(1200):
+        time.sleep(0.1)
+
+@dg.job(executor_def=dg.in_process_executor)
+def long_job():
+    wait_long()
+
+@dg.op(config_schema={{"started": str}})
+def die(context):
+    open(context.op_config["started"], "w").close()
+    time.sleep(0.5)
+    os._exit(3)
+
+@dg.job(executor_def=dg.in_process_executor)
+def dying_job():
+    die()
+'''
+
+
+def write_jobs(path: Path, version: str) -> Path:
+    path.write_text(JOBS.format(version=version))
+    return path
+
+
+def launcher_instance(preload=None):
+    config = {} if preload is None else {"preload_modules": preload}
+    return dg.instance_for_test(overrides={
+        "run_launcher": {"module": LAUNCHER, "class": "WarmForkRunLauncher", "config": config}})
+
+
+def launch(instance: dg.DagsterInstance, jobs_file: Path, job_name: str, op: str,
+           config: dict) -> str:
+    recon = ReconstructableJob.for_file(str(jobs_file), job_name)
+    run = instance.create_run_for_job(
+        recon.get_definition(), run_config={"ops": {op: {"config": config}}},
+        job_code_origin=recon.get_python_origin())
+    instance.launch_run(run.run_id, workspace=None)
+    return run.run_id
+
+
+def wait_for(predicate, timeout: float = 90.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+    return value
+
+
+def finished(instance: dg.DagsterInstance, run_id: str) -> dg.DagsterRun:
+    return wait_for(lambda: (r := instance.get_run_by_id(run_id)) and r.is_finished and r,
+                    what=f"run {run_id} to finish")
+
+
+def warm_pids(instance: dg.DagsterInstance) -> list[int]:
+    return [s.process.pid for s in instance.run_launcher._servers.values() if s.alive()]
+
+
+def test_runs_are_forks_of_one_warm_process_and_see_code_changes(tmp_path):
+    jobs = write_jobs(tmp_path / "jobs.py", "v1")
+    with launcher_instance() as instance:
+        first = launch(instance, jobs, "where_job", "where", {"out": str(tmp_path / "first")})
+        assert finished(instance, first).status == dg.DagsterRunStatus.SUCCESS
+        (server,) = warm_pids(instance)
+
+        write_jobs(jobs, "v2")  # edited while the warm process lives: the next run sees it
+        second = launch(instance, jobs, "where_job", "where", {"out": str(tmp_path / "second")})
+        assert finished(instance, second).status == dg.DagsterRunStatus.SUCCESS
+        assert warm_pids(instance) == [server]
+
+        for run_id, name, version in ((first, "first", "v1"), (second, "second", "v2")):
+            pid, parent, seen = (tmp_path / name).read_text().split()
+            assert int(parent) == server  # forked from the warm process, not a fresh one
+            assert instance.get_run_by_id(run_id).tags[RUN_PID_TAG] == pid
+            assert seen == version
+        assert (tmp_path / "first").read_text().split()[0] != (tmp_path / "second").read_text().split()[0]
+        events = [e.message for e in instance.all_logs(second) if e.message]
+        assert any("Forked run worker" in m for m in events)
+
+
+def test_terminate_cancels_a_running_run(tmp_path):
+    jobs = write_jobs(tmp_path / "jobs.py", "v1")
+    started = tmp_path / "started"
+    with launcher_instance() as instance:
+        run_id = launch(instance, jobs, "long_job", "wait_long", {"started": str(started)})
+        wait_for(started.exists, what="the op to start")
+        pid = int(instance.get_run_by_id(run_id).tags[RUN_PID_TAG])
+        assert instance.run_launcher.check_run_worker_health(
+            instance.get_run_by_id(run_id)).status == WorkerStatus.RUNNING
+
+        assert instance.run_launcher.terminate(run_id)
+        assert finished(instance, run_id).status == dg.DagsterRunStatus.CANCELED
+        wait_for(lambda: process_state(pid) is None, what="the run process to be reaped")
+        assert not instance.run_launcher.terminate(run_id)  # finished: nothing to do
+
+
+def test_a_dead_run_worker_is_reported_failed(tmp_path):
+    """What run monitoring asks: the process died in the middle of the run (no status written)."""
+    jobs = write_jobs(tmp_path / "jobs.py", "v1")
+    started = tmp_path / "started"
+    with launcher_instance() as instance:
+        run_id = launch(instance, jobs, "dying_job", "die", {"started": str(started)})
+        wait_for(started.exists, what="the op to start")
+        pid = int(instance.get_run_by_id(run_id).tags[RUN_PID_TAG])
+        wait_for(lambda: process_state(pid) is None, what="the run process to die and be reaped")
+
+        run = instance.get_run_by_id(run_id)
+        assert run.status == dg.DagsterRunStatus.STARTED  # nobody else noticed
+        health = instance.run_launcher.check_run_worker_health(run)
+        assert health.status == WorkerStatus.FAILED
+        assert str(pid) in health.msg
+
+
+def test_the_warm_process_is_started_again_after_it_died(tmp_path):
+    jobs = write_jobs(tmp_path / "jobs.py", "v1")
+    with launcher_instance() as instance:
+        first = launch(instance, jobs, "where_job", "where", {"out": str(tmp_path / "first")})
+        finished(instance, first)
+        (server,) = warm_pids(instance)
+        os.kill(server, signal.SIGKILL)
+        wait_for(lambda: not warm_pids(instance), what="the warm process to die")
+
+        second = launch(instance, jobs, "where_job", "where", {"out": str(tmp_path / "second")})
+        assert finished(instance, second).status == dg.DagsterRunStatus.SUCCESS
+        (replacement,) = warm_pids(instance)
+        assert replacement != server
+        assert int((tmp_path / "second").read_text().split()[1]) == replacement
+
+
+def test_preloading_a_module_that_starts_threads_is_refused(tmp_path):
+    """Forking a process with threads can deadlock the child: the launch fails with the reason."""
+    jobs = write_jobs(tmp_path / "jobs.py", "v1")
+    with launcher_instance(preload=["dagster", "polars"]) as instance:
+        with pytest.raises(DagsterLaunchFailedError, match="threads"):
+            launch(instance, jobs, "where_job", "where", {"out": str(tmp_path / "out")})
