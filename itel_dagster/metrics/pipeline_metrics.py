@@ -5,6 +5,7 @@ to iTel (from the sender). Only counts and latencies, never payloads or secrets.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING
 
 from itel_dagster.metrics.names import (
@@ -52,14 +53,16 @@ class ApiCallMetrics:
 
     def __init__(self, store: MetricsStore | None = None):
         self._batch = MetricBatch(store)
+        self._lock = threading.Lock()  # the sender's threads report here
 
     def request_done(self, status_code: int | None, seconds: float) -> None:
         """One request: its status (None: no answer) and its latency."""
         cls = status_class(status_code)
-        self._batch.inc(API_CALLS, status_class=cls)
-        if cls != "2xx":
-            self._batch.inc(API_ERRORS, status_class=cls)
-        self._batch.observe(API_LATENCY, seconds)
+        with self._lock:
+            self._batch.inc(API_CALLS, status_class=cls)
+            if cls != "2xx":
+                self._batch.inc(API_ERRORS, status_class=cls)
+            self._batch.observe(API_LATENCY, seconds)
 
     def flush(self) -> None:
         self._batch.flush()

@@ -6,7 +6,7 @@ Tokens and client secrets stay in SecretStr or private attributes: never logged,
 
 from __future__ import annotations
 
-import asyncio
+import threading
 import time
 from typing import Callable
 
@@ -41,10 +41,10 @@ class BearerAuth:
     def __repr__(self) -> str:
         return "BearerAuth(token='**********')"
 
-    async def headers(self, client: httpx.AsyncClient) -> dict[str, str]:
+    def headers(self, client: httpx.Client) -> dict[str, str]:
         return {"Authorization": self._header}
 
-    async def refresh(self, client: httpx.AsyncClient) -> None:
+    def refresh(self, client: httpx.Client) -> None:
         return None
 
     def invalidate(self, rejected: dict[str, str] | None = None) -> None:
@@ -67,40 +67,32 @@ class OAuth2ClientCredentialsAuth:
         self._token: SecretStr | None = None
         self._valid_until = 0.0
         self.tokens_fetched = 0
-        # One lock per event loop: the sender runs a new loop per send() and asyncio locks bind
-        # to the loop that first waits on them.
-        self._locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+        self._lock = threading.Lock()  # the sender's threads share one token
 
     def __repr__(self) -> str:
         return (f"OAuth2ClientCredentialsAuth(token_url={self.token_url!r}, "
                 f"client_id={self.client_id!r}, client_secret='**********')")
-
-    def _lock(self) -> asyncio.Lock:
-        loop = asyncio.get_running_loop()
-        if loop not in self._locks:
-            self._locks = {loop: asyncio.Lock()}  # forget locks of finished loops
-        return self._locks[loop]
 
     def _current_header(self) -> dict[str, str] | None:
         if self._token is None or self.clock() >= self._valid_until:
             return None
         return {"Authorization": f"Bearer {self._token.get_secret_value()}"}
 
-    async def headers(self, client: httpx.AsyncClient) -> dict[str, str]:
+    def headers(self, client: httpx.Client) -> dict[str, str]:
         header = self._current_header()
         if header is None:
-            async with self._lock():
+            with self._lock:
                 # Concurrent callers wait here for the one fetch instead of fetching again.
                 if self._current_header() is None:
-                    await self._fetch(client)
+                    self._fetch(client)
                 header = self._current_header()
         assert header is not None
         return header
 
-    async def refresh(self, client: httpx.AsyncClient) -> None:
+    def refresh(self, client: httpx.Client) -> None:
         """Fetch a new token now."""
-        async with self._lock():
-            await self._fetch(client)
+        with self._lock:
+            self._fetch(client)
 
     def invalidate(self, rejected: dict[str, str] | None = None) -> None:
         """Forget the token, so the next request fetches one. With `rejected` (the headers a 401
@@ -109,13 +101,13 @@ class OAuth2ClientCredentialsAuth:
             return
         self._token, self._valid_until = None, 0.0
 
-    async def _fetch(self, client: httpx.AsyncClient) -> None:
+    def _fetch(self, client: httpx.Client) -> None:
         form = {"grant_type": "client_credentials"}
         if self.scope:
             form["scope"] = self.scope
         started = self.clock()
         try:
-            response = await client.post(
+            response = client.post(
                 self.token_url, data=form,
                 auth=httpx.BasicAuth(self.client_id, self._client_secret.get_secret_value()))
         except RETRY_EXCEPTIONS as exc:
