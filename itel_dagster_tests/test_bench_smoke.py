@@ -47,6 +47,9 @@ def test_smoke_bench_reports_every_figure_and_loses_nothing(kafka_bootstrap, tmp
         assert figures["latency"][worker]["events"] > 0
     for name in ("largest_run_process", "daemon", "code_server", "fork_server"):
         assert figures["memory_mb"][name] > 0, name
+    for worker in ("tracking", "api"):  # the largest run of each worker, found by its pid tag
+        largest = figures["memory_mb"][f"largest_run_{worker}"]
+        assert largest["mb"] > 0 and largest["records"] > 0, (worker, largest)
     assert figures["claimx"]["requests"] > 0
     assert isinstance(figures["claimx"]["bound_per_event"], float)
     checks = doc["correctness"]

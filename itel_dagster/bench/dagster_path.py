@@ -19,6 +19,7 @@ from pathlib import Path
 import dagster as dg
 
 from itel_dagster.kafka.offsets import group_progress
+from itel_dagster.launchers.warm_fork_run_launcher import RUN_PID_TAG
 from itel_dagster.sensors.kafka_worker_sensor import (
     KAFKA_PARTITION_TAG,
     RANGE_END_TAG,
@@ -112,6 +113,11 @@ class RunFacts:
     created_at: float
     started_at: float | None
     ended_at: float | None
+    pid: int | None = None  # the run process (WarmForkRunLauncher's itel/run_pid tag)
+
+    @property
+    def records(self) -> int:
+        return self.end - self.start
 
     @property
     def seconds(self) -> float | None:
@@ -131,5 +137,6 @@ def run_facts(instance: dg.DagsterInstance, worker: str) -> list[RunFacts]:
             partition=int(tags[KAFKA_PARTITION_TAG]), start=int(tags[RANGE_START_TAG]),
             end=int(tags[RANGE_END_TAG]), status=record.dagster_run.status.value,
             created_at=record.create_timestamp.timestamp(),
-            started_at=record.start_time, ended_at=record.end_time))
+            started_at=record.start_time, ended_at=record.end_time,
+            pid=int(tags[RUN_PID_TAG]) if tags.get(RUN_PID_TAG) else None))
     return facts

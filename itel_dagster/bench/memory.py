@@ -122,6 +122,12 @@ class MemorySampler:
             values = [p.peak_kb for p in self.peaks.values() if p.role == role]
         return round(max(values) / 1024, 1) if values else None
 
+    def run_peaks_mb(self) -> dict[int, float]:
+        """pid -> peak RSS (MB) of every run process seen."""
+        with self._lock:
+            return {pid: round(p.peak_kb / 1024, 1) for pid, p in self.peaks.items()
+                    if p.role == RUN}
+
     def count(self, role: str) -> int:
         with self._lock:
             return sum(1 for p in self.peaks.values() if p.role == role)

@@ -132,6 +132,10 @@ def table(doc: dict) -> str:
     single = [
         ("largest run process (MB RSS)", _fmt(_get(f, "memory_mb", "largest_run_process"))
          + f" ({_fmt(_get(f, 'memory_mb', 'largest_run_records'))} records)"),
+        *((f"  largest {w} run (MB RSS)",
+           f"{_fmt(_get(f, 'memory_mb', f'largest_run_{w}', 'mb'))} "
+           f"({_fmt(_get(f, 'memory_mb', f'largest_run_{w}', 'records'))} records)")
+          for w in WORKERS),
         ("daemon / code server / warm (MB RSS)",
          f"{_fmt(_get(f, 'memory_mb', 'daemon'))} / {_fmt(_get(f, 'memory_mb', 'code_server'))}"
          f" / {_fmt(_get(f, 'memory_mb', 'fork_server'))}"),

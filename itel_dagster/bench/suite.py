@@ -122,7 +122,21 @@ def _phase_catch_up(run: BenchRun, stack: BenchStack, daemon: DagsterDaemon,
     run.figures["memory_mb"] = {
         "largest_run_process": sampler.peak_mb(RUN), "run_processes_seen": sampler.count(RUN),
         "largest_run_records": max(c["largest_run_records"] for c in catch_up.values()),
+        **largest_run_by_worker(sampler, [r for w in workers for r in run_facts(instance, w.name)]),
     }
+
+
+def largest_run_by_worker(sampler: MemorySampler, runs) -> dict:
+    """Each worker's run process with the highest peak RSS: its MB and records (runs are matched
+    to processes by their itel/run_pid tag)."""
+    peaks = sampler.run_peaks_mb()
+    found = {}
+    for facts in runs:
+        mb = peaks.get(facts.pid) if facts.pid is not None else None
+        key = f"largest_run_{SHORT[facts.worker]}"
+        if mb is not None and mb > found.get(key, {}).get("mb", -1):
+            found[key] = {"mb": mb, "records": facts.records, "run_id": facts.run_id}
+    return found
 
 
 def _phase_steady(run: BenchRun, stack: BenchStack, daemon: DagsterDaemon, workers) -> None:
