@@ -117,7 +117,11 @@ def test_a_claim_released_without_answers_is_fetched_by_the_waiting_run(claimx, 
 
 def test_a_lapsed_claim_does_not_block(claimx, tmp_path):
     path = tmp_path / "shared.sqlite"
-    TaskCache(path, 60).claim([1_000_300], "dead-run", lease_seconds=30, now=time.time() - 31)
+    cache = TaskCache(path, 60)
+    cache.claim([1_000_300], "dead-run", lease_seconds=30, now=time.time() - 31)
+    assert cache.claimed([1_000_300], lease_seconds=30) == set()  # lapsed: nobody holds it
+    assert cache.claim([1_000_300], "live-run", lease_seconds=30) == {1_000_300}
+    cache.release([1_000_300], "live-run")
     batch = ClaimxLookupClient(settings_for(claimx), TaskCache(path, 60)).lookup([1_000_300])
     assert batch.results[1_000_300].status == "enriched"
     assert batch.requests_made == 1
