@@ -11,7 +11,7 @@ from dagster._config import validate_config
 from dagster._core.instance.config import dagster_instance_config
 from dagster._core.run_coordinator import QueuedRunCoordinator
 
-from itel_dagster.sensors.kafka_worker_sensor import LANE_TAG
+from itel_dagster.sensors.run_range_tags import LANE_TAG
 from itel_dagster.settings.kafka import default_partitions
 from itel_dagster.settings.paths import PROJECT_ROOT
 

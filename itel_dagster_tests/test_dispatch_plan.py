@@ -1,4 +1,5 @@
-"""The sensor's dispatch decisions: from committed offsets and each partition's last run."""
+"""The sensor's dispatch decisions: from committed offsets and each partition's last run, grouped
+into one run per lane and day."""
 
 from __future__ import annotations
 
@@ -19,23 +20,33 @@ def never(partition: int, ms: int):
     return None
 
 
-def plan(progress, last=None, in_flight=(), max_records=1000, ts=one_day, first=never, now=0.0):
+def plan(progress, last=None, in_flight=(), max_records=1000, ts=one_day, first=never, now=0.0,
+         lanes=3):
+    # lanes=3 with partitions 0-2: one range per run, each partition on its own.
     return plan_dispatch("t", progress, last or {}, set(in_flight), max_records, ts, first,
-                         now=now, retry_pause_seconds=30, max_attempts=3)
+                         now=now, retry_pause_seconds=30, max_attempts=3, lanes=lanes)
+
+
+def spans(result):
+    return [[(r.range.partition, r.range.start, r.range.end) for r in run.ranges]
+            for run in result.runs]
+
+
+def only_ranges(result):
+    return [r for run in result.runs for r in run.ranges]
 
 
 def test_ranges_start_at_committed_offsets_and_cap_at_max_records():
     result = plan([PartitionProgress(0, None, 0, 2500), PartitionProgress(1, 40, 0, 45),
                    PartitionProgress(2, 7, 0, 7)])
-    ranges = [(r.range.partition, r.range.start, r.range.end) for r in result.runs]
-    assert ranges == [(0, 0, 1000), (1, 40, 45)]  # partition 2 has no lag
+    assert spans(result) == [[(0, 0, 1000)], [(1, 40, 45)]]  # partition 2 has no lag
     assert all(r.day == date(2026, 11, 28) and r.attempt == 1 for r in result.runs)
     assert result.runs[0].run_key("w") == "w:t:0:0-1000"
 
 
 def test_partition_with_a_run_in_flight_gets_nothing():
     result = plan([PartitionProgress(0, 0, 0, 10), PartitionProgress(1, 0, 0, 10)], in_flight={0})
-    assert [r.range.partition for r in result.runs] == [1]
+    assert spans(result) == [[(1, 0, 10)]]
 
 
 def test_range_never_spans_two_days():
@@ -47,13 +58,13 @@ def test_range_never_spans_two_days():
 
     result = plan([PartitionProgress(0, 0, 0, 100)], ts=two_days, first=first_at)
     [run] = result.runs
-    assert (run.range.start, run.range.end, run.day) == (0, 30, date(2026, 11, 27))
+    assert spans(result) == [[(0, 0, 30)]] and run.day == date(2026, 11, 27)
 
 
 def test_next_range_after_a_committed_one_is_a_first_attempt():
     last = {0: LastRun(0, 100, attempt=1, failed=False, failures_before=0, ended_at=0)}
     result = plan([PartitionProgress(0, 100, 0, 150)], last=last)
-    assert [(r.range.start, r.range.end, r.attempt) for r in result.runs] == [(100, 150, 1)]
+    assert [(r.range.start, r.range.end, r.attempt) for r in only_ranges(result)] == [(100, 150, 1)]
     assert result.redispatched == []
 
 
@@ -63,9 +74,11 @@ def test_failed_range_waits_then_goes_again_under_a_new_key():
     assert too_soon.runs == [] and too_soon.waiting == {0: 20}
     retry = plan([PartitionProgress(0, 10, 0, 80)], last=last, now=1030)
     [run] = retry.runs
-    assert (run.range.start, run.range.end, run.attempt, run.failures_before) == (10, 60, 2, 1)
+    [planned] = run.ranges
+    assert (planned.range.start, planned.range.end, run.attempt, run.failures_before) == \
+        (10, 60, 2, 1)
     assert run.run_key("w") == "w:t:0:10-60:attempt-2"
-    assert retry.redispatched == [run]
+    assert retry.redispatched == [planned]
     # The second failure doubles the pause.
     again = {0: LastRun(10, 60, attempt=2, failed=True, failures_before=1, ended_at=2000)}
     assert plan([PartitionProgress(0, 10, 0, 80)], last=again, now=2059).runs == []
@@ -77,10 +90,10 @@ def test_a_range_that_keeps_failing_stops_its_partition_not_the_others():
     result = plan([PartitionProgress(0, 10, 0, 60), PartitionProgress(1, 0, 0, 5)],
                   last=last, now=10_000)
     assert result.stuck == {0: (10, 3)}
-    assert [r.range.partition for r in result.runs] == [1]
+    assert spans(result) == [[(1, 0, 5)]]
     # Once the offset moves (the fixed run re-executed, or an operator commits past it), it flows.
     moved = plan([PartitionProgress(0, 60, 0, 70)], last=last, now=10_000)
-    assert [(r.range.start, r.attempt) for r in moved.runs] == [(60, 1)]
+    assert [(r.range.start, r.attempt) for r in only_ranges(moved)] == [(60, 1)]
 
 
 def test_a_run_that_stopped_on_purpose_continues_at_once_with_a_new_key():
@@ -88,10 +101,55 @@ def test_a_run_that_stopped_on_purpose_continues_at_once_with_a_new_key():
     last = {0: LastRun(10, 60, attempt=1, failed=False, failures_before=0, ended_at=1000)}
     result = plan([PartitionProgress(0, 25, 0, 60)], last=last, now=1000)
     [run] = result.runs
-    assert (run.range.start, run.range.end, run.attempt, run.failures_before) == (25, 60, 2, 0)
+    assert spans(result) == [[(0, 25, 60)]] and (run.attempt, run.failures_before) == (2, 0)
     assert result.redispatched == [] and result.waiting == {}
 
 
 def test_records_below_the_low_watermark_are_not_waited_for():
     result = plan([PartitionProgress(0, 5, 20, 30)])
-    assert (result.runs[0].range.start, result.runs[0].range.end) == (20, 30)
+    assert spans(result) == [[(0, 20, 30)]]
+
+
+def test_one_lane_gathers_every_partition_with_work_into_one_run():
+    result = plan([PartitionProgress(0, 0, 0, 10), PartitionProgress(1, 5, 0, 5),
+                   PartitionProgress(2, 3, 0, 9)], lanes=1)
+    assert spans(result) == [[(0, 0, 10), (2, 3, 9)]]
+    assert result.runs[0].run_key("w") == "w:t:0:0-10,2:3-9"
+    assert result.runs[0].records == 16
+
+
+def test_a_lane_with_a_run_in_flight_gets_nothing_even_on_its_idle_partitions():
+    progress = [PartitionProgress(p, 0, 0, 10) for p in range(4)]
+    assert spans(plan(progress, in_flight={1}, lanes=1)) == []
+    # Two lanes: partitions 0 and 2 in lane 0, 1 and 3 in lane 1 (busy).
+    assert spans(plan(progress, in_flight={1}, lanes=2)) == [[(0, 0, 10), (2, 0, 10)]]
+
+
+def test_a_run_shares_its_record_budget_small_ranges_first():
+    progress = [PartitionProgress(0, 0, 0, 5000), PartitionProgress(1, 0, 0, 100),
+                PartitionProgress(2, 0, 0, 5000)]
+    result = plan(progress, max_records=1000, lanes=1)
+    # 100 for the small range, the other 900 split evenly; every start is the committed offset.
+    assert spans(result) == [[(0, 0, 450), (1, 0, 100), (2, 0, 450)]]
+    assert result.runs[0].records == 1000
+
+
+def test_partitions_on_different_days_go_in_separate_runs_of_their_lane():
+    def by_partition(partition, offset):
+        return (DAY1 if partition == 0 else DAY2) + offset
+
+    result = plan([PartitionProgress(0, 0, 0, 10), PartitionProgress(1, 0, 0, 10)],
+                  ts=by_partition, lanes=1)
+    assert spans(result) == [[(0, 0, 10)], [(1, 0, 10)]]
+    assert [r.day for r in result.runs] == [date(2026, 11, 27), date(2026, 11, 28)]
+
+
+def test_a_run_of_several_ranges_takes_the_highest_attempt_into_its_key():
+    last = {0: LastRun(10, 60, attempt=2, failed=True, failures_before=1, ended_at=0),
+            1: LastRun(0, 40, attempt=1, failed=False, failures_before=0, ended_at=0)}
+    result = plan([PartitionProgress(0, 10, 0, 60), PartitionProgress(1, 40, 0, 50)],
+                  last=last, now=10_000, lanes=1)
+    [run] = result.runs
+    assert [(r.range.partition, r.attempt, r.failures_before) for r in run.ranges] == \
+        [(0, 3, 2), (1, 1, 0)]
+    assert run.run_key("w") == "w:t:0:10-60,1:40-50:attempt-3"

@@ -1,10 +1,25 @@
-"""The worker sensor's reads: run states before committed offsets, so a run that commits and
-finishes while a tick is evaluated is never dispatched again."""
+"""The worker sensor: one run per lane over every partition with work; run states read before
+committed offsets, so a run that commits and finishes while a tick is evaluated is never
+dispatched again; runs and configs of earlier versions still understood."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+import pytest
+from dagster._core.test_utils import create_run_for_test
+
 from itel_dagster.devstack.publisher.events import generate_records
+from itel_dagster.ops.shared_stage_ops import KafkaRangeConfig, PartitionRangeConfig
 from itel_dagster.sensors import kafka_worker_sensor
+from itel_dagster.sensors.run_range_tags import (
+    KAFKA_PARTITIONS_TAG,
+    LANE_TAG,
+    WORKER_TAG,
+    TaggedRange,
+    tagged_ranges,
+)
 
 TRACKING = "itel_cabinet_tracking_worker"
 
@@ -27,4 +42,76 @@ def test_a_run_that_finishes_during_a_tick_is_not_dispatched_again(pipeline, mon
     result = pipeline.tick(TRACKING)
     assert pipeline.lag(TRACKING) == 0
     assert list(result.run_requests) == []
-    assert "lag 0" in result.skip_reason
+    assert "lag 0" in result.skip_reason.skip_message
+
+
+def _recent_records(count: int, seed: int):
+    """Records within one UTC day (today, from 00:15), so one run can hold them all."""
+    midnight = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    return generate_records(count=count, seed=seed, days=0.01, now=midnight + timedelta(minutes=30))
+
+
+def test_one_run_covers_every_partition_with_work_and_commits_each(pipeline):
+    pipeline.produce(_recent_records(60, seed=82))
+    [request] = pipeline.tick(TRACKING).run_requests
+    ranges = tagged_ranges(request.tags)
+    assert [r.partition for r in ranges] == [0, 1, 2]
+    assert sum(r.size for r in ranges) == 60
+    assert request.tags[LANE_TAG] == f"{TRACKING}:0"
+    assert request.tags[KAFKA_PARTITIONS_TAG] == "0,1,2"
+    assert pipeline.execute(TRACKING, request).success
+    assert pipeline.committed(TRACKING) == {r.partition: r.end for r in ranges}
+    assert pipeline.tracking_table().height == 60
+    assert list(pipeline.tick(TRACKING).run_requests) == []
+
+
+def test_no_second_run_while_the_lane_has_one_in_flight(pipeline):
+    pipeline.produce(_recent_records(30, seed=83))
+    [request] = pipeline.tick(TRACKING).run_requests
+    create_run_for_test(pipeline.instance, job_name="itel_cabinet_tracking_job",
+                        status=dg.DagsterRunStatus.STARTED, tags=request.tags)
+    pipeline.produce(_recent_records(30, seed=84))
+    result = pipeline.tick(TRACKING)
+    assert list(result.run_requests) == []
+    assert "runs in flight on partitions [0, 1, 2]" in result.skip_reason.skip_message
+
+
+def test_a_failed_run_of_an_earlier_version_is_read_from_its_tags(pipeline):
+    # Runs dispatched before runs covered several partitions carry one range in separate tags.
+    pipeline.produce(_recent_records(30, seed=85))
+    committed_nothing = pipeline.tick(TRACKING).run_requests[0]
+    end = next(r.end for r in tagged_ranges(committed_nothing.tags) if r.partition == 0)
+    legacy = {WORKER_TAG: TRACKING, "itel/kafka_partition": "0", "itel/range_start": "0",
+              "itel/range_end": str(end), "itel/attempt": "1", "itel/failures_before": "0"}
+    assert tagged_ranges(legacy) == [TaggedRange(0, 0, end, 1, 0)]
+    create_run_for_test(pipeline.instance, job_name="itel_cabinet_tracking_job",
+                        status=dg.DagsterRunStatus.FAILURE, tags=legacy)
+    result = pipeline.tick(TRACKING)
+    # Partition 0's range failed a moment ago: it waits out the pause; the others go now.
+    [request] = result.run_requests
+    assert [r.partition for r in tagged_ranges(request.tags)] == [1, 2]
+
+
+def test_a_run_configured_by_an_earlier_version_still_executes(pipeline):
+    pipeline.produce(_recent_records(30, seed=86))
+    [request] = pipeline.tick(TRACKING).run_requests
+    first = tagged_ranges(request.tags)[0]
+    config = request.run_config["ops"]["itel_cabinet_task_tracking"]["ops"]["read_kafka_range"]
+    config["config"] = {"worker": TRACKING, "topic": pipeline.tracking.input_topic,
+                        "partition": first.partition, "start": first.start, "end": first.end}
+    assert pipeline.execute(TRACKING, request).success
+    assert pipeline.committed(TRACKING)[first.partition] == first.end
+    assert pipeline.tracking_table().height == first.size
+
+
+@pytest.mark.parametrize("config, problem", [
+    (dict(ranges=[PartitionRangeConfig(partition=0, start=0, end=5)], partition=0, start=0, end=5),
+     "either ranges or partition/start/end"),
+    (dict(ranges=[PartitionRangeConfig(partition=0, start=0, end=5),
+                  PartitionRangeConfig(partition=0, start=5, end=9)]), "one range per partition"),
+    (dict(ranges=[PartitionRangeConfig(partition=1, start=9, end=5)]), "is not a range"),
+    (dict(partition=1, start=0), "needs ranges"),
+])
+def test_a_malformed_kafka_range_config_fails_with_its_reason(config, problem):
+    with pytest.raises(dg.Failure, match=problem):
+        KafkaRangeConfig(worker=TRACKING, topic="t", **config).kafka_ranges()

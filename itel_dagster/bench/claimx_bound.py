@@ -14,21 +14,23 @@ from itel_dagster.bench.ground_truth import InputRecord
 
 def lookup_moments(records: list[InputRecord], runs: list[RunFacts]) -> dict[int, list[float]]:
     """assignment_id -> start times of the runs that handled its valid events (all workers)."""
-    by_lane: dict[tuple[str, int], list[RunFacts]] = defaultdict(list)
+    # (worker, partition) -> that partition's ranges, in offset order, with their run's start.
+    by_partition: dict[tuple[str, int], list[tuple[int, int, float]]] = defaultdict(list)
     for run in runs:
         if run.status == "SUCCESS" and run.started_at is not None:
-            by_lane[(run.worker, run.partition)].append(run)
-    for lane in by_lane.values():
-        lane.sort(key=lambda r: (r.start, r.started_at))
-    starts = {lane: [r.start for r in found] for lane, found in by_lane.items()}
+            for r in run.ranges:
+                by_partition[(run.worker, r.partition)].append((r.start, r.end, run.started_at))
+    for spans in by_partition.values():
+        spans.sort()
     moments: dict[int, list[float]] = defaultdict(list)
-    for (worker, partition), lane in by_lane.items():
+    for (worker, partition), spans in by_partition.items():
+        starts = [start for start, _end, _at in spans]
         for record in records:
             if record.partition != partition or not record.valid or record.assignment_id is None:
                 continue
-            at = bisect.bisect_right(starts[(worker, partition)], record.offset) - 1
-            if at >= 0 and lane[at].start <= record.offset < lane[at].end:
-                moments[record.assignment_id].append(lane[at].started_at)
+            at = bisect.bisect_right(starts, record.offset) - 1
+            if at >= 0 and spans[at][0] <= record.offset < spans[at][1]:
+                moments[record.assignment_id].append(spans[at][2])
     return moments
 
 

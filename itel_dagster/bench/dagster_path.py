@@ -20,11 +20,10 @@ import dagster as dg
 
 from itel_dagster.kafka.offsets import group_progress
 from itel_dagster.launchers.warm_fork_run_launcher import RUN_PID_TAG
-from itel_dagster.sensors.kafka_worker_sensor import (
-    KAFKA_PARTITION_TAG,
-    RANGE_END_TAG,
-    RANGE_START_TAG,
+from itel_dagster.sensors.run_range_tags import (
     WORKER_TAG,
+    TaggedRange,
+    tagged_ranges,
 )
 from itel_dagster.settings.paths import PROJECT_ROOT
 from itel_dagster.settings.workers import WorkerSettings
@@ -106,9 +105,7 @@ def wait_until_caught_up(bootstrap: str, workers: list[WorkerSettings], targets:
 class RunFacts:
     run_id: str
     worker: str
-    partition: int
-    start: int
-    end: int
+    ranges: tuple[TaggedRange, ...]
     status: str
     created_at: float
     started_at: float | None
@@ -117,7 +114,10 @@ class RunFacts:
 
     @property
     def records(self) -> int:
-        return self.end - self.start
+        return sum(r.size for r in self.ranges)
+
+    def covers(self, partition: int, offset: int) -> bool:
+        return any(r.partition == partition and r.start <= offset < r.end for r in self.ranges)
 
     @property
     def seconds(self) -> float | None:
@@ -130,12 +130,12 @@ def run_facts(instance: dg.DagsterInstance, worker: str) -> list[RunFacts]:
     facts = []
     for record in instance.get_run_records(filters=dg.RunsFilter(tags={WORKER_TAG: worker})):
         tags = record.dagster_run.tags
-        if RANGE_START_TAG not in tags:
+        ranges = tuple(tagged_ranges(tags))
+        if not ranges:
             continue
         facts.append(RunFacts(
-            run_id=record.dagster_run.run_id, worker=worker,
-            partition=int(tags[KAFKA_PARTITION_TAG]), start=int(tags[RANGE_START_TAG]),
-            end=int(tags[RANGE_END_TAG]), status=record.dagster_run.status.value,
+            run_id=record.dagster_run.run_id, worker=worker, ranges=ranges,
+            status=record.dagster_run.status.value,
             created_at=record.create_timestamp.timestamp(),
             started_at=record.start_time, ended_at=record.end_time,
             pid=int(tags[RUN_PID_TAG]) if tags.get(RUN_PID_TAG) else None))

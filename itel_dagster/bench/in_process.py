@@ -73,24 +73,26 @@ def in_process_settings(settings: WorkerSettings) -> WorkerSettings:
     })
 
 
-def planned_ranges(bootstrap: str, settings: WorkerSettings) -> list[tuple[KafkaRange, object]]:
-    """The ranges the sensor would dispatch for this group, one round per partition at a time."""
+def planned_runs(bootstrap: str, settings: WorkerSettings) -> list[tuple[KafkaRange, ...]]:
+    """The runs the sensor would dispatch for this group (their Kafka ranges), one at a time."""
     topic = settings.input_topic
     progress = {p.partition: p for p in group_progress(bootstrap, settings.consumer_group, topic)}
-    ranges = []
+    runs = []
     while True:
         plan = plan_dispatch(
             topic, list(progress.values()), {}, set(), settings.max_records_per_run,
             timestamp_at=lambda p, o: record_timestamp_ms(bootstrap, topic, p, o),
             first_offset_at=lambda p, ms: first_offset_at_or_after(bootstrap, topic, p, ms),
+            lanes=settings.lanes,
         )
         if not plan.runs:
-            return ranges
+            return runs
         for run in plan.runs:
-            ranges.append((run.range, run.day))
-            old = progress[run.range.partition]
-            progress[run.range.partition] = PartitionProgress(old.partition, run.range.end,
-                                                              old.low, old.high)
+            runs.append(tuple(r.range for r in run.ranges))
+            for r in run.ranges:
+                old = progress[r.range.partition]
+                progress[r.range.partition] = PartitionProgress(old.partition, r.range.end,
+                                                                old.low, old.high)
 
 
 class _Timer:
@@ -133,12 +135,13 @@ class InProcessWorker:
             batch_size=itel.batch.size)
         self.producer = ResultsProducer(bootstrap, client_id=f"{settings.name}-bench")
 
-    def run(self, kafka_range: KafkaRange) -> None:
+    def run(self, kafka_ranges: tuple[KafkaRange, ...]) -> None:
         s = self.settings
         with self.span("read"):
-            read = read_range(self.bootstrap, kafka_range.topic, kafka_range.partition,
-                              kafka_range.start, kafka_range.end)
-            raw = raw_batch_from_records(read.records)
+            records = [record for r in kafka_ranges
+                       for record in read_range(self.bootstrap, r.topic, r.partition, r.start,
+                                                r.end).records]
+            raw = raw_batch_from_records(records)
         with self.span("transform"):
             events = transform(raw, worker=s.name, ingested_at=datetime.now(timezone.utc))
         with self.span("validate"):
@@ -165,9 +168,9 @@ class InProcessWorker:
                 self.producer.send(s.error_topic, error_record_messages(
                     pl.concat(frames, how="diagonal_relaxed")))
             self.producer.flush()
-            commit_offsets(self.bootstrap, s.consumer_group, kafka_range.topic,
-                           {kafka_range.partition: kafka_range.end})
-        self.result.records += len(read.records)
+            commit_offsets(self.bootstrap, s.consumer_group, kafka_ranges[0].topic,
+                           {r.partition: r.end for r in kafka_ranges})
+        self.result.records += len(records)
 
     def _write_tracking(self, rows: pl.DataFrame) -> pl.DataFrame:
         with self.span("delta_write"):
@@ -209,9 +212,9 @@ def run_in_process(bootstrap: str, settings: WorkerSettings, delta_root: Path, s
     result = InProcessResult(settings.name)
     began = time.perf_counter()
     worker = InProcessWorker(bootstrap, settings, delta_root, state, result)
-    for kafka_range, _day in planned_ranges(bootstrap, settings):
+    for kafka_ranges in planned_runs(bootstrap, settings):
         before = result.records
-        worker.run(kafka_range)
+        worker.run(kafka_ranges)
         on_records(result.records - before)
     result.seconds = time.perf_counter() - began
     result.stage_seconds = dict(result.stage_seconds)

@@ -114,7 +114,7 @@ def _phase_catch_up(run: BenchRun, stack: BenchStack, daemon: DagsterDaemon,
             "seconds": round(seconds, 3), "events_per_second": round(per_second, 1),
             "ratio_to_in_process": round(per_second / limit, 3) if limit else None,
             "runs": len(runs), "failed_runs": sum(r.status == "FAILURE" for r in runs),
-            "largest_run_records": max((r.end - r.start for r in runs), default=0),
+            "largest_run_records": max((r.records for r in runs), default=0),
             "daemon_start_to_first_run_seconds":
                 round(first - daemon.started_at, 3) if first else None,
         }
@@ -184,8 +184,7 @@ def _phase_overhead(run: BenchRun, stack: BenchStack, daemon: DagsterDaemon, wor
                 # A run commits before it turns SUCCESS: give its end a moment to be recorded.
                 deadline = time.monotonic() + 60
                 while not (found := [r for r in run_facts(instance, worker.name)
-                                     if r.partition == partition
-                                     and r.start <= before[partition] < r.end
+                                     if r.covers(partition, before[partition])
                                      and r.status == "SUCCESS" and r.seconds is not None]):
                     if time.monotonic() > deadline:
                         break

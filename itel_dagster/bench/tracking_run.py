@@ -24,7 +24,7 @@ from confluent_kafka import Producer
 from itel_dagster.devstack.kafka.broker import LocalKafkaBroker
 from itel_dagster.devstack.kafka.topics import ensure_topics, pipeline_topics
 from itel_dagster.devstack.publisher.events import generate_records
-from itel_dagster.sensors.dispatch_plan import KafkaRange, PlannedRun
+from itel_dagster.sensors.dispatch_plan import KafkaRange, PlannedRange, PlannedRun
 from itel_dagster.sensors.kafka_worker_sensor import partition_key_for, range_run_config, run_tags
 from itel_dagster.settings.workers import TRACKING_WORKER, load_workers
 
@@ -111,7 +111,7 @@ def main() -> None:
 
         from itel_dagster.definitions import defs
 
-        planned = PlannedRun(KafkaRange(worker.input_topic, 0, 0, args.records), day, 1)
+        planned = PlannedRun((PlannedRange(KafkaRange(worker.input_topic, 0, 0, args.records), day),))
         job = defs.resolve_job_def("itel_cabinet_tracking_job")
         with dg.instance_for_test() as instance:
             began = time.perf_counter()

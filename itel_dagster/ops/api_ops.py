@@ -96,9 +96,12 @@ def send_to_itel(
                     batch.source, failed.height, settings.error_topic)
     commit_before = None
     if held_back.height:
-        commit_before = int(held_back["kafka_offset"].min())
-        log.warning("%s: circuit breaker %s; %d events stay in Kafka from offset %d",
-                    batch.source, report.breaker_state, held_back.height, commit_before)
+        # Per partition: the first event held back, and every later one, stay in Kafka.
+        commit_before = dict(held_back.group_by("kafka_partition")
+                             .agg(pl.col("kafka_offset").min()).rows())
+        log.warning("%s: circuit breaker %s; %d events stay in Kafka from offsets %s",
+                    batch.source, report.breaker_state, held_back.height,
+                    ", ".join(f"{p}:{o}" for p, o in sorted(commit_before.items())))
     metadata = {
         "sent": accepted.height + failed.height, "accepted": by_outcome.get("accepted", 0),
         "rejected": by_outcome.get("rejected", 0),

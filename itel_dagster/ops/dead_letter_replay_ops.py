@@ -146,7 +146,7 @@ def read_dead_letters(
     }, output_name="batch")
     batch = StageBatch(
         worker=settings.name,
-        kafka_range=KafkaRange(topic, -1, 0, originals.height),
+        kafka_ranges=(KafkaRange(topic, -1, 0, originals.height),),
         rows=replay_batch(originals),
         counts={"read": originals.height, "error_records_selected": selected.height},
         mode="replay",

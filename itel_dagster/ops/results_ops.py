@@ -53,9 +53,10 @@ def publish_results_and_commit(
     if errors is not None:
         producer.send(settings.error_topic, error_record_messages(errors))
     producer.flush()
-    r = batch.kafka_range
-    commit_to = r.end if batch.commit_before is None else min(r.end, batch.commit_before)
-    committed = kafka.commit(settings.consumer_group, r.topic, {r.partition: commit_to})
+    held_back = batch.commit_before or {}
+    commit_to = {r.partition: min(r.end, held_back.get(r.partition, r.end))
+                 for r in batch.kafka_ranges}
+    committed = kafka.commit(settings.consumer_group, batch.kafka_ranges[0].topic, commit_to)
     record_batch_metrics(settings, batch, worker_logger(settings))  # never raises
     summary = {
         "worker": settings.name,
@@ -63,7 +64,7 @@ def publish_results_and_commit(
         "records": batch.counts.get("read", 0),
         "succeeded": batch.rows.height,
         "failed": error_count,
-        "committed_offset": commit_to,
+        "committed_offsets": ", ".join(f"{p}:{o}" for p, o in commit_to.items()),
         "already_handled": batch.already_handled,
         "commit_moved": bool(committed),
         "missing_offsets": batch.missing_offsets,
@@ -72,9 +73,9 @@ def publish_results_and_commit(
            if k != "read" and not k.startswith("failed_stage_")},
     }
     worker_logger(settings).info(
-        "%s: %d records, %d succeeded, %d to %s; committed %d",
+        "%s: %d records, %d succeeded, %d to %s; committed %s",
         summary["kafka_range"], summary["records"], summary["succeeded"], error_count,
-        settings.error_topic, commit_to)
+        settings.error_topic, summary["committed_offsets"])
     failed_stages = sorted(k.removeprefix("failed_stage_") for k in batch.counts
                            if k.startswith("failed_stage_"))
     if failed_stages:

@@ -26,16 +26,49 @@ from itel_dagster.worker_logs import worker_logger
 STAGE_IO = "stage_io_manager"  # in memory: batches never leave the run process
 
 
+class PartitionRangeConfig(dg.Config):
+    """Offsets [start, end) of one Kafka partition."""
+
+    partition: int
+    start: int
+    end: int
+
+
 class KafkaRangeConfig(dg.Config):
-    """The work of one run. A sensor's micro-batch names a worker and one Kafka partition's offset
-    range [start, end). Left empty (a backfill, or Materialize in the UI), the run rebuilds its
-    day partition from every record of that day Kafka still holds."""
+    """The work of one run. A sensor's micro-batch names a worker, the topic and one offset range
+    per Kafka partition it covers. Left empty (a backfill, or Materialize in the UI), the run
+    rebuilds its day partition from every record of that day Kafka still holds.
+
+    partition/start/end: one range, as runs dispatched by earlier versions name it (re-executing
+    such a run from the UI still works)."""
 
     worker: str | None = None
     topic: str | None = None
+    ranges: list[PartitionRangeConfig] | None = None
     partition: int | None = None
     start: int | None = None
     end: int | None = None
+
+    def kafka_ranges(self) -> tuple[KafkaRange, ...]:
+        if self.topic is None:
+            raise dg.Failure("a Kafka range needs its topic")
+        if self.ranges:
+            if None not in (self.partition, self.start, self.end):
+                raise dg.Failure("give either ranges or partition/start/end, not both")
+            ranges = [KafkaRange(self.topic, r.partition, r.start, r.end) for r in self.ranges]
+        elif None not in (self.partition, self.start, self.end):
+            ranges = [KafkaRange(self.topic, self.partition, self.start, self.end)]
+        else:
+            raise dg.Failure("a Kafka micro-batch needs ranges (partition, start, end each); leave "
+                             "all of read_kafka_range's config empty to rebuild the run's day "
+                             "partition")
+        partitions = [r.partition for r in ranges]
+        if len(set(partitions)) != len(partitions):
+            raise dg.Failure(f"one range per partition, got partitions {partitions}")
+        for r in ranges:
+            if r.start < 0 or r.end < r.start:
+                raise dg.Failure(f"{r.topic}[{r.partition}] {r.start}-{r.end} is not a range")
+        return tuple(sorted(ranges, key=lambda r: r.partition))
 
 
 BACKFILL_READ_CHUNK = 20_000  # records held at once beyond the day's own
@@ -54,21 +87,22 @@ def _retry_policy() -> dg.RetryPolicy:
 def _read_micro_batch(config: KafkaRangeConfig, kafka: KafkaResource) -> StageBatch:
     if config.worker not in load_workers():
         raise dg.Failure(f"unknown worker {config.worker!r}; workers.yaml has {sorted(load_workers())}")
-    if None in (config.topic, config.partition, config.start, config.end):
-        raise dg.Failure("a Kafka range needs topic, partition, start and end; leave all of "
-                         "read_kafka_range's config empty to rebuild the run's day partition")
-    kafka_range = KafkaRange(config.topic, config.partition, config.start, config.end)
-    read = kafka.read_range(config.topic, config.partition, config.start, config.end)
-    if read.missing_offsets:
-        worker_logger(load_workers()[config.worker]).warning(
-            "%s[%d] %d..%d: %d offsets no longer in Kafka (retention)", config.topic,
-            config.partition, config.start, config.end, read.missing_offsets)
+    kafka_ranges = config.kafka_ranges()
+    records, missing = [], 0
+    for r in kafka_ranges:
+        read = kafka.read_range(r.topic, r.partition, r.start, r.end)
+        if read.missing_offsets:
+            worker_logger(load_workers()[config.worker]).warning(
+                "%s[%d] %d..%d: %d offsets no longer in Kafka (retention)", r.topic,
+                r.partition, r.start, r.end, read.missing_offsets)
+        records.extend(read.records)
+        missing += read.missing_offsets
     return StageBatch(
         worker=config.worker,
-        kafka_range=kafka_range,
-        rows=raw_batch_from_records(read.records),
-        missing_offsets=read.missing_offsets,
-        counts={"read": len(read.records)},
+        kafka_ranges=kafka_ranges,
+        rows=raw_batch_from_records(records),
+        missing_offsets=missing,
+        counts={"read": len(records)},
     )
 
 
@@ -94,7 +128,7 @@ def _read_days(context: dg.OpExecutionContext, kafka: KafkaResource) -> StageBat
                 missing += read.missing_offsets
     batch = StageBatch(
         worker=settings.name,
-        kafka_range=KafkaRange(settings.input_topic, -1, 0, 0),
+        kafka_ranges=(KafkaRange(settings.input_topic, -1, 0, 0),),
         rows=raw_batch_from_records(records),
         missing_offsets=missing,
         counts={"read": len(records)},

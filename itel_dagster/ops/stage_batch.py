@@ -1,6 +1,6 @@
 """What flows between a worker's ops: the rows still in the pipeline and the error rows so far.
 
-It also carries the Kafka range it came from, so the last op knows what to commit.
+It also carries the Kafka ranges it came from, so the last op knows what to commit.
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ from itel_dagster.settings.workers import WorkerSettings, load_workers
 @dataclass(frozen=True)
 class StageBatch:
     worker: str
-    kafka_range: KafkaRange
+    kafka_ranges: tuple[KafkaRange, ...]  # one per partition; a backfill or replay: its topic
     rows: pl.DataFrame
     errors: list[pl.DataFrame] = field(default_factory=list)  # error-record frames, per stage
     missing_offsets: int = 0
     counts: dict[str, int | float | str] = field(default_factory=dict)  # run facts, for metadata
     started_at: float = field(default_factory=time.monotonic)
     # Set by a final stage that stopped on purpose (the API worker's open breaker): offsets are
-    # committed only up to here, and the events from here on stay in Kafka.
-    commit_before: int | None = None
+    # committed only up to here (partition -> offset), and the events from there stay in Kafka.
+    commit_before: dict[int, int] | None = None
     # Events handled earlier (already accepted in the send ledger): counted, not re-published.
     already_handled: int = 0
     ledger: pl.DataFrame | None = None  # the API worker's send-ledger rows of this run
@@ -40,15 +40,15 @@ class StageBatch:
     @property
     def source(self) -> str:
         """The input, as logs and run metadata name it."""
-        r = self.kafka_range
+        topic = self.kafka_ranges[0].topic
         if self.mode == "backfill":
             days = "; ".join(
                 f"{day} (" + ", ".join(f"{w.partition}:{w.start}-{w.end}" for w in windows) + ")"
                 for day, windows in sorted(self.day_windows.items()))
-            return f"{r.topic} days {days}"
+            return f"{topic} days {days}"
         if self.mode == "replay":
-            return f"dead letters of {self.worker} replayed from {r.topic}"
-        return f"{r.topic}[{r.partition}] {r.start}..{r.end}"
+            return f"dead letters of {self.worker} replayed from {topic}"
+        return ", ".join(f"{r.topic}[{r.partition}] {r.start}..{r.end}" for r in self.kafka_ranges)
 
     @property
     def settings(self) -> WorkerSettings:

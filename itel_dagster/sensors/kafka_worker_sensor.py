@@ -1,5 +1,5 @@
 """One sensor factory for both workers: poll the topic with the worker's consumer group and start
-one partitioned run per Kafka partition range.
+one partitioned run per lane, covering the Kafka partition ranges that have work.
 
 It never joins the group (no rebalances) and never commits: it reads committed offsets and
 watermarks, and the runs commit after their results are durable. Run requests carry offsets,
@@ -17,18 +17,9 @@ from itel_dagster.kafka.offsets import first_offset_at_or_after, group_progress,
 from itel_dagster.partitions import daily_partitions
 from itel_dagster.sensors.dispatch_plan import LastRun, PlannedRun, plan_dispatch
 from itel_dagster.sensors.lag_observation import lag_observation, worth_recording
+from itel_dagster.sensors.run_range_tags import WORKER_TAG, range_tags, tagged_partitions, tagged_ranges
 from itel_dagster.settings.kafka import bootstrap_servers
 from itel_dagster.settings.workers import WorkerSettings
-
-WORKER_TAG = "itel/worker"
-KAFKA_PARTITION_TAG = "itel/kafka_partition"
-KAFKA_RANGE_TAG = "itel/kafka_range"
-RANGE_START_TAG = "itel/range_start"
-RANGE_END_TAG = "itel/range_end"
-ATTEMPT_TAG = "itel/attempt"
-FAILURES_BEFORE_TAG = "itel/failures_before"
-# One lane per worker and Kafka partition; dagster.yaml limits each lane to one run at a time.
-LANE_TAG = "itel/lane"
 
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
@@ -41,50 +32,49 @@ IN_FLIGHT = [
 
 def partitions_in_flight(instance: dg.DagsterInstance, worker: str) -> set[int]:
     """Kafka partitions with a run queued, running, or failed with a run retry still to come."""
-    busy = {
-        int(run.tags[KAFKA_PARTITION_TAG])
-        for run in instance.get_runs(
-            filters=dg.RunsFilter(tags={WORKER_TAG: worker}, statuses=IN_FLIGHT)
-        )
-        if KAFKA_PARTITION_TAG in run.tags
-    }
+    busy: set[int] = set()
+    for run in instance.get_runs(
+        filters=dg.RunsFilter(tags={WORKER_TAG: worker}, statuses=IN_FLIGHT)
+    ):
+        busy |= tagged_partitions(run.tags)
     failed = instance.get_runs(
         filters=dg.RunsFilter(tags={WORKER_TAG: worker, WILL_RETRY_TAG: "true"},
                               statuses=[dg.DagsterRunStatus.FAILURE]),
         limit=50,
     )
-    busy |= {
-        int(run.tags[KAFKA_PARTITION_TAG])
-        for run in failed
-        if AUTO_RETRY_RUN_ID_TAG not in run.tags and KAFKA_PARTITION_TAG in run.tags
-    }
+    for run in failed:
+        if AUTO_RETRY_RUN_ID_TAG not in run.tags:
+            busy |= tagged_partitions(run.tags)
     return busy
+
+
+# How far back the sensor looks for each partition's last run. A partition with work is in every
+# run of its lane, so its last run is among the newest; one missing here finished long ago.
+LAST_RUNS_SCANNED = 200
 
 
 def last_runs(instance: dg.DagsterInstance, worker: str, partitions: list[int]) -> dict[int, LastRun]:
     """Each partition's most recent finished run, read back from its tags."""
     found: dict[int, LastRun] = {}
-    for partition in partitions:
-        records = instance.get_run_records(
-            filters=dg.RunsFilter(
-                tags={WORKER_TAG: worker, KAFKA_PARTITION_TAG: str(partition)},
-                statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE,
-                          dg.DagsterRunStatus.CANCELED],
-            ),
-            limit=1,
-        )
-        if not records or RANGE_START_TAG not in records[0].dagster_run.tags:
-            continue
-        record = records[0]
-        tags = record.dagster_run.tags
-        found[partition] = LastRun(
-            start=int(tags[RANGE_START_TAG]),
-            end=int(tags[RANGE_END_TAG]),
-            attempt=int(tags.get(ATTEMPT_TAG, "1")),
-            failed=record.dagster_run.status != dg.DagsterRunStatus.SUCCESS,
-            failures_before=int(tags.get(FAILURES_BEFORE_TAG, "0")),
-            ended_at=record.end_time or record.update_timestamp.timestamp(),
-        )
+    wanted = set(partitions)
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(
+            tags={WORKER_TAG: worker},
+            statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE,
+                      dg.DagsterRunStatus.CANCELED],
+        ),
+        limit=LAST_RUNS_SCANNED,
+    )
+    for record in records:  # newest first
+        failed = record.dagster_run.status != dg.DagsterRunStatus.SUCCESS
+        ended_at = record.end_time or record.update_timestamp.timestamp()
+        for r in tagged_ranges(record.dagster_run.tags):
+            if r.partition in wanted and r.partition not in found:
+                found[r.partition] = LastRun(start=r.start, end=r.end, attempt=r.attempt,
+                                             failed=failed, failures_before=r.failures_before,
+                                             ended_at=ended_at)
+        if len(found) == len(wanted):
+            break
     return found
 
 
@@ -97,14 +87,14 @@ def partition_key_for(day) -> str:
 
 
 def range_run_config(worker: WorkerSettings, planned: PlannedRun, asset_name: str) -> dict:
-    r = planned.range
+    ranges = [{"partition": r.range.partition, "start": r.range.start, "end": r.range.end}
+              for r in planned.ranges]
     return {
         "ops": {
             asset_name: {
                 "ops": {
                     "read_kafka_range": {
-                        "config": {"worker": worker.name, "topic": r.topic,
-                                   "partition": r.partition, "start": r.start, "end": r.end}
+                        "config": {"worker": worker.name, "topic": planned.topic, "ranges": ranges}
                     }
                 }
             }
@@ -113,17 +103,9 @@ def range_run_config(worker: WorkerSettings, planned: PlannedRun, asset_name: st
 
 
 def run_tags(worker: WorkerSettings, planned: PlannedRun) -> dict[str, str]:
-    r = planned.range
     retry = worker.retry_policy
     return {
-        WORKER_TAG: worker.name,
-        KAFKA_PARTITION_TAG: str(r.partition),
-        KAFKA_RANGE_TAG: f"{r.topic}[{r.partition}] {r.start}-{r.end}",
-        LANE_TAG: f"{worker.name}:{r.partition}",
-        RANGE_START_TAG: str(r.start),
-        RANGE_END_TAG: str(r.end),
-        ATTEMPT_TAG: str(planned.attempt),
-        FAILURES_BEFORE_TAG: str(planned.failures_before),
+        **range_tags(worker.name, planned),
         "dagster/max_retries": str(retry.run_max_retries),
         "dagster/retry_strategy": retry.run_retry_strategy,
         # Op failures are retried by the ops' RetryPolicy, then re-dispatched by this sensor;
@@ -148,7 +130,8 @@ def build_kafka_worker_sensor(
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Polls {worker.input_topic} for group {worker.consumer_group} and starts "
-        f"one run per Kafka partition range (up to {worker.max_records_per_run} records).",
+        f"one run per lane ({worker.lanes}) covering its Kafka partitions' ranges (up to "
+        f"{worker.max_records_per_run} records).",
     )
     def kafka_worker_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         servers = bootstrap_servers()
@@ -180,11 +163,13 @@ def build_kafka_worker_sensor(
             now=time.time(),
             retry_pause_seconds=worker.redispatch_pause_seconds,
             max_attempts=worker.max_dispatch_attempts,
+            lanes=worker.lanes,
         )
         for planned in plan.redispatched:
+            r = planned.range
             context.log.warning(
-                f"{planned.run_key(worker.name)}: {planned.failures_before} run(s) failed on this "
-                "range before committing it; dispatching it again")
+                f"{r.topic}[{r.partition}] from offset {r.start}: {planned.failures_before} run(s) "
+                "failed on this range before committing it; dispatching it again")
         requests = [
             dg.RunRequest(
                 run_key=planned.run_key(worker.name),
@@ -212,7 +197,8 @@ def build_kafka_worker_sensor(
                     f"{p} at offset {o}" for p, (o, _) in sorted(plan.stuck.items())))
             skip = "; ".join(notes)
         # The cursor is for people: what was dispatched last. Offsets and runs are the truth.
-        cursor = ", ".join(f"{r.range.partition}:{r.range.start}-{r.range.end}" for r in plan.runs)
+        cursor = ", ".join(f"{r.range.partition}:{r.range.start}-{r.range.end}"
+                           for run in plan.runs for r in run.ranges)
         return dg.SensorResult(run_requests=requests, cursor=cursor or context.cursor,
                                skip_reason=skip, asset_events=lag_events)
 

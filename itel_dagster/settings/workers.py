@@ -36,6 +36,9 @@ class WorkerSettings(_Strict):
     error_topic: str
     batch_size: int = Field(ge=1)
     max_records_per_run: int = Field(10_000, ge=1)
+    # Runs of this worker at once: partition p belongs to lane p % lanes, and each run covers
+    # every partition of its lane that has work. 1 does the most work per CPU second.
+    lanes: int = Field(1, ge=1)
     sensor_interval_seconds: int = Field(10, ge=1, le=300)
     # A range whose run failed is dispatched again after redispatch_pause_seconds, doubling
     # each time, at most max_dispatch_attempts times; then its partition is reported stuck.
