@@ -13,6 +13,7 @@ from dagster._core.run_coordinator import QueuedRunCoordinator
 
 from itel_dagster.sensors.run_range_tags import LANE_TAG
 from itel_dagster.settings.kafka import default_partitions
+from itel_dagster.settings.workers import load_workers
 from itel_dagster.settings.paths import PROJECT_ROOT
 
 DEPLOY = PROJECT_ROOT / "deploy"
@@ -48,10 +49,13 @@ def test_examples_keep_the_lane_limit_of_the_local_stack(name):
         assert limit in example
 
 
-def test_local_stack_can_run_every_lane_at_once(monkeypatch):
+def test_local_stack_can_run_every_lane_at_once_and_a_backfill(monkeypatch):
+    monkeypatch.delenv("ITEL_CONFIG_DIR", raising=False)  # the repo's workers.yaml
     monkeypatch.delenv("ITEL_KAFKA_PARTITIONS", raising=False)  # the stack's default partitions
+    workers = load_workers().values()
+    assert all(1 <= w.lanes <= default_partitions() for w in workers)
     coordinator = load(PROJECT_ROOT / "dagster.yaml")["run_coordinator"]["config"]
-    assert coordinator["max_concurrent_runs"] >= 2 * default_partitions()
+    assert coordinator["max_concurrent_runs"] >= sum(w.lanes for w in workers) + 1
 
 
 def test_kubernetes_example_launches_pods_on_postgres():
