@@ -9,6 +9,7 @@ import sys
 import dagster as dg
 
 from itel_dagster.settings.paths import PROJECT_ROOT
+from itel_dagster.settings.workers import TRACKING_WORKER, load_workers
 
 
 def test_definitions_load_without_services(monkeypatch):
@@ -21,7 +22,9 @@ def test_definitions_load_without_services(monkeypatch):
     repository.load_all_definitions()
     sensor = repository.get_sensor_def("itel_cabinet_tracking_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    assert sensor.minimum_interval_seconds == 10
+    # workers.yaml's interval (4 s: every loop of dagster-daemon, which loops every 5 s)
+    interval = load_workers()[TRACKING_WORKER].sensor_interval_seconds
+    assert sensor.minimum_interval_seconds == interval == 4
     assert sensor.job_name == "itel_cabinet_tracking_job"
     job = module.defs.resolve_job_def("itel_cabinet_tracking_job")
     assert job.partitions_def.end_offset == 1  # today's partition exists

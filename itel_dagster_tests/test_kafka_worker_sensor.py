@@ -4,10 +4,13 @@ dispatched again; runs and configs of earlier versions still understood."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 import pytest
+import yaml
 from dagster._core.test_utils import create_run_for_test
 
 from itel_dagster.devstack.publisher.events import generate_records
@@ -20,6 +23,7 @@ from itel_dagster.sensors.run_range_tags import (
     TaggedRange,
     tagged_ranges,
 )
+from itel_dagster.settings.workers import WORKERS_FILE
 
 TRACKING = "itel_cabinet_tracking_worker"
 
@@ -74,6 +78,36 @@ def test_no_second_run_while_the_lane_has_one_in_flight(pipeline):
     result = pipeline.tick(TRACKING)
     assert list(result.run_requests) == []
     assert "runs in flight on partitions [0, 1, 2]" in result.skip_reason.skip_message
+
+
+def _set_worker(pipeline, worker: str, **changes) -> None:
+    path = pipeline.root / "config" / WORKERS_FILE
+    data = yaml.safe_load(path.read_text())
+    data["workers"][worker].update(changes)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+@pytest.mark.parametrize("wait_seconds", [0, 5])
+def test_a_tick_waits_for_a_run_about_to_end_then_dispatches(pipeline, wait_seconds):
+    _set_worker(pipeline, TRACKING, in_flight_wait_seconds=wait_seconds)
+    pipeline.produce(_recent_records(30, seed=87))
+    [request] = pipeline.tick(TRACKING).run_requests
+    busy = create_run_for_test(pipeline.instance, job_name="itel_cabinet_tracking_job",
+                               status=dg.DagsterRunStatus.STARTED, tags=request.tags)
+    # The in-flight run ends (here: goes away) 1 s into the next tick.
+    run_ends = threading.Timer(1.0, pipeline.instance.delete_run, args=[busy.run_id])
+    run_ends.start()
+    began = time.monotonic()
+    result = pipeline.tick(TRACKING)
+    waited = time.monotonic() - began
+    run_ends.join()
+    if wait_seconds:
+        [again] = result.run_requests
+        assert tagged_ranges(again.tags) == tagged_ranges(request.tags)
+        assert waited < wait_seconds  # dispatched when the run ended, not at the deadline
+    else:
+        assert list(result.run_requests) == []
+        assert "runs in flight" in result.skip_reason.skip_message
 
 
 def test_a_failed_run_of_an_earlier_version_is_read_from_its_tags(pipeline):

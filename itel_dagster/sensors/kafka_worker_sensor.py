@@ -48,6 +48,8 @@ def partitions_in_flight(instance: dg.DagsterInstance, worker: str) -> set[int]:
     return busy
 
 
+IN_FLIGHT_POLL_SECONDS = 0.2
+
 # How far back the sensor looks for each partition's last run. A partition with work is in every
 # run of its lane, so its last run is among the newest; one missing here finished long ago.
 LAST_RUNS_SCANNED = 200
@@ -146,25 +148,38 @@ def build_kafka_worker_sensor(
             lag = sum(p.lag for p in progress)
             return dg.SensorResult(skip_reason=f"{closed}; lag {lag} waits in Kafka",
                                    cursor=context.cursor, asset_events=lag_events)
-        # Run states first, offsets after: a run commits before it turns SUCCESS, so offsets read
-        # after the states are at least as new as they are. Read the other way round, a range
-        # whose run committed and finished during this tick looked unfinished and went out again.
-        in_flight = partitions_in_flight(context.instance, worker.name)
-        finished = last_runs(context.instance, worker.name, [p.partition for p in progress])
-        progress = group_progress(servers, worker.consumer_group, topic)
-        plan = plan_dispatch(
-            topic,
-            progress,
-            finished,
-            in_flight,
-            worker.max_records_per_run,
-            timestamp_at=lambda p, o: record_timestamp_ms(servers, topic, p, o),
-            first_offset_at=lambda p, ms: first_offset_at_or_after(servers, topic, p, ms),
-            now=time.time(),
-            retry_pause_seconds=worker.redispatch_pause_seconds,
-            max_attempts=worker.max_dispatch_attempts,
-            lanes=worker.lanes,
-        )
+
+        def plan_now():
+            # Run states first, offsets after: a run commits before it turns SUCCESS, so offsets
+            # read after the states are at least as new as they are. Read the other way round, a
+            # range whose run committed and finished during this tick looked unfinished and went
+            # out again.
+            in_flight = partitions_in_flight(context.instance, worker.name)
+            finished = last_runs(context.instance, worker.name, [p.partition for p in progress])
+            now_progress = group_progress(servers, worker.consumer_group, topic)
+            return in_flight, now_progress, plan_dispatch(
+                topic,
+                now_progress,
+                finished,
+                in_flight,
+                worker.max_records_per_run,
+                timestamp_at=lambda p, o: record_timestamp_ms(servers, topic, p, o),
+                first_offset_at=lambda p, ms: first_offset_at_or_after(servers, topic, p, ms),
+                now=time.time(),
+                retry_pause_seconds=worker.redispatch_pause_seconds,
+                max_attempts=worker.max_dispatch_attempts,
+                lanes=worker.lanes,
+            )
+
+        in_flight, progress, plan = plan_now()
+        # A busy lane whose run is about to end: wait for it a moment instead of a whole daemon
+        # loop (5 s), so back-to-back micro-batches follow each other closely.
+        deadline = time.monotonic() + worker.in_flight_wait_seconds
+        while (not plan.runs and in_flight and any(p.lag for p in progress)
+               and time.monotonic() < deadline):
+            time.sleep(IN_FLIGHT_POLL_SECONDS)
+            if partitions_in_flight(context.instance, worker.name) != in_flight:
+                in_flight, progress, plan = plan_now()
         for planned in plan.redispatched:
             r = planned.range
             context.log.warning(

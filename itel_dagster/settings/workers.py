@@ -40,6 +40,10 @@ class WorkerSettings(_Strict):
     # every partition of its lane that has work. 1 does the most work per CPU second.
     lanes: int = Field(1, ge=1)
     sensor_interval_seconds: int = Field(10, ge=1, le=300)
+    # A tick that finds the lane's run still in flight waits this long for it to end (then
+    # dispatches at once) before it gives up until the next tick. Kept well under the sensor
+    # timeout (60 s).
+    in_flight_wait_seconds: float = Field(0.0, ge=0, le=20)
     # A range whose run failed is dispatched again after redispatch_pause_seconds, doubling
     # each time, at most max_dispatch_attempts times; then its partition is reported stuck.
     redispatch_pause_seconds: float = Field(30.0, ge=0)
