@@ -50,6 +50,11 @@ def test_smoke_bench_reports_every_figure_and_loses_nothing(kafka_bootstrap, tmp
     for worker in ("tracking", "api"):  # the largest run of each worker, found by its pid tag
         largest = figures["memory_mb"][f"largest_run_{worker}"]
         assert largest["mb"] > 0 and largest["records"] > 0, (worker, largest)
+    # Run-like processes that no run's pid tag names, kept to find out what they are.
+    tagged_peak = max(figures["memory_mb"][f"largest_run_{w}"]["mb"] for w in ("tracking", "api"))
+    for process in figures["memory_mb"]["unattributed_run_processes"]:
+        assert process["pid"] > 0 and process["mb"] > 0, process
+    assert figures["memory_mb"]["largest_run_process"] >= tagged_peak
     assert figures["claimx"]["requests"] > 0
     assert isinstance(figures["claimx"]["bound_per_event"], float)
     checks = doc["correctness"]

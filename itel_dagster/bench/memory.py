@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,9 @@ class ProcessPeak:
     pid: int
     role: str
     peak_kb: int = 0
+    parent: int | None = None
+    first_seen: float = 0.0  # time.time() of the first and the last poll that saw it
+    last_seen: float = 0.0
 
 
 def _stat_ppid(pid: int) -> int | None:
@@ -109,8 +113,11 @@ class MemorySampler:
             with self._lock:
                 peak = self.peaks.get(pid)
                 if peak is None:
-                    peak = self.peaks[pid] = ProcessPeak(pid, _role(pid, self.root_pid))
+                    peak = self.peaks[pid] = ProcessPeak(pid, _role(pid, self.root_pid),
+                                                         parent=_stat_ppid(pid),
+                                                         first_seen=time.time())
                 peak.peak_kb = max(peak.peak_kb, hwm)
+                peak.last_seen = time.time()
 
     def reset_runs(self) -> None:
         """Forget run processes seen so far (a new phase measures its own runs)."""
@@ -127,6 +134,10 @@ class MemorySampler:
         with self._lock:
             return {pid: round(p.peak_kb / 1024, 1) for pid, p in self.peaks.items()
                     if p.role == RUN}
+
+    def run_processes(self) -> list[ProcessPeak]:
+        with self._lock:
+            return [p for p in self.peaks.values() if p.role == RUN]
 
     def count(self, role: str) -> int:
         with self._lock:

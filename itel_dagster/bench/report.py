@@ -136,6 +136,9 @@ def table(doc: dict) -> str:
            f"{_fmt(_get(f, 'memory_mb', f'largest_run_{w}', 'mb'))} "
            f"({_fmt(_get(f, 'memory_mb', f'largest_run_{w}', 'records'))} records)")
           for w in WORKERS),
+        *(("  run process of no run (MB RSS)",
+           f"{_fmt(u['mb'])} (pid {u['pid']}, seen {u['seen_from_s']}-{u['seen_to_s']} s)")
+          for u in (_get(f, "memory_mb", "unattributed_run_processes") or [])[:1]),
         ("daemon / code server / warm (MB RSS)",
          f"{_fmt(_get(f, 'memory_mb', 'daemon'))} / {_fmt(_get(f, 'memory_mb', 'code_server'))}"
          f" / {_fmt(_get(f, 'memory_mb', 'fork_server'))}"),

@@ -119,11 +119,24 @@ def _phase_catch_up(run: BenchRun, stack: BenchStack, daemon: DagsterDaemon,
                 round(first - daemon.started_at, 3) if first else None,
         }
     run.figures["catch_up"] = catch_up
+    all_runs = [r for w in workers for r in run_facts(instance, w.name)]
     run.figures["memory_mb"] = {
         "largest_run_process": sampler.peak_mb(RUN), "run_processes_seen": sampler.count(RUN),
         "largest_run_records": max(c["largest_run_records"] for c in catch_up.values()),
-        **largest_run_by_worker(sampler, [r for w in workers for r in run_facts(instance, w.name)]),
+        **largest_run_by_worker(sampler, all_runs),
+        "unattributed_run_processes": unattributed_runs(sampler, all_runs, daemon.started_at),
     }
+
+
+def unattributed_runs(sampler: MemorySampler, runs, since: float, top: int = 3) -> list[dict]:
+    """The largest run-like processes no run's itel/run_pid tag names (to find what they are):
+    pid, peak MB, parent pid, and when they were seen (seconds after `since`)."""
+    tagged = {r.pid for r in runs if r.pid is not None}
+    found = sorted((p for p in sampler.run_processes() if p.pid not in tagged),
+                   key=lambda p: p.peak_kb, reverse=True)[:top]
+    return [{"pid": p.pid, "mb": round(p.peak_kb / 1024, 1), "parent": p.parent,
+             "seen_from_s": round(p.first_seen - since, 1), "seen_to_s": round(p.last_seen - since, 1)}
+            for p in found]
 
 
 def largest_run_by_worker(sampler: MemorySampler, runs) -> dict:
