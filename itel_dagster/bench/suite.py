@@ -28,6 +28,7 @@ from itel_dagster.bench.in_process import in_process_settings, run_in_process
 from itel_dagster.bench.latency import itel_latencies, percentiles, tracking_latencies
 from itel_dagster.bench.memory import CODE_SERVER, DAEMON, FORK_SERVER, RUN, MemorySampler
 from itel_dagster.bench.stack import BenchStack, StackChoices
+from itel_dagster.launchers.warm_fork_run_launcher import RUN_PID_TAG
 from itel_dagster.devstack.publisher.events import live_records
 from itel_dagster.devstack.publisher.publish import publish_events
 from itel_dagster.settings.paths import PROJECT_ROOT
@@ -120,19 +121,38 @@ def _phase_catch_up(run: BenchRun, stack: BenchStack, daemon: DagsterDaemon,
         }
     run.figures["catch_up"] = catch_up
     all_runs = [r for w in workers for r in run_facts(instance, w.name)]
+    worker_pids = {r.pid for r in all_runs if r.pid is not None}
+    others = other_runs(instance, sampler, exclude=worker_pids)
     run.figures["memory_mb"] = {
-        "largest_run_process": sampler.peak_mb(RUN), "run_processes_seen": sampler.count(RUN),
+        # The target's figure: worker runs only (the asset-checks schedule also runs meanwhile).
+        "largest_run_process": max((mb for pid, mb in sampler.run_peaks_mb().items()
+                                    if pid in worker_pids), default=None),
+        "run_processes_seen": sampler.count(RUN),
         "largest_run_records": max(c["largest_run_records"] for c in catch_up.values()),
         **largest_run_by_worker(sampler, all_runs),
-        "unattributed_run_processes": unattributed_runs(sampler, all_runs, daemon.started_at),
+        "other_runs": others,
+        "unattributed_run_processes": unattributed_runs(
+            sampler, worker_pids | {o["pid"] for o in others}, daemon.started_at),
     }
 
 
-def unattributed_runs(sampler: MemorySampler, runs, since: float, top: int = 3) -> list[dict]:
+def other_runs(instance, sampler: MemorySampler, exclude: set[int]) -> list[dict]:
+    """Runs that are not worker micro-batches (e.g. the asset-checks schedule): job and peak MB."""
+    peaks = sampler.run_peaks_mb()
+    found = []
+    for record in instance.get_run_records():
+        pid = record.dagster_run.tags.get(RUN_PID_TAG)
+        if pid and int(pid) not in exclude and int(pid) in peaks:
+            found.append({"job": record.dagster_run.job_name, "pid": int(pid),
+                          "mb": peaks[int(pid)]})
+    return sorted(found, key=lambda o: o["mb"], reverse=True)
+
+
+def unattributed_runs(sampler: MemorySampler, known_pids: set[int], since: float,
+                      top: int = 3) -> list[dict]:
     """The largest run-like processes no run's itel/run_pid tag names (to find what they are):
     pid, peak MB, parent pid, and when they were seen (seconds after `since`)."""
-    tagged = {r.pid for r in runs if r.pid is not None}
-    found = sorted((p for p in sampler.run_processes() if p.pid not in tagged),
+    found = sorted((p for p in sampler.run_processes() if p.pid not in known_pids),
                    key=lambda p: p.peak_kb, reverse=True)[:top]
     return [{"pid": p.pid, "mb": round(p.peak_kb / 1024, 1), "parent": p.parent,
              "seen_from_s": round(p.first_seen - since, 1), "seen_to_s": round(p.last_seen - since, 1)}

@@ -66,7 +66,8 @@ def bench(no_progress: bool, smoke: bool, dagster_yaml: Path | None, results_dir
     no Dagster: the in-process limit; (2) dagster-daemon with both sensors until both groups are
     at lag 0: catch-up events/s and its ratio to (1); (3) a steady stream: latency from Kafka
     timestamp to the Delta row's ingested_at and to iTel's receipt; (4) one-record runs: run
-    start to end; (5) peak RSS of the largest run process, the daemon and the code server;
+    start to end; (5) peak RSS of the largest worker run process (other runs, such as the asset
+    checks, apart), the daemon and the code server;
     (6) ClaimX requests per event and the bound a 60 s shared cache allows; (7) correctness: every
     valid event once in Delta and once at iTel, every bad record on both error topics.
 
