@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 
@@ -10,7 +11,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from itel_dagster.cli import main
-from itel_dagster.devstack.kafka.broker import LocalKafkaBroker
+from itel_dagster.devstack.kafka.broker import LocalKafkaBroker, new_cluster_id
 from itel_dagster.devstack.kafka.topics import ensure_topics, pipeline_topics
 from itel_dagster.settings.workers import load_workers
 
@@ -47,6 +48,14 @@ def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
     for i, value in enumerate(values):
         producer.produce(topic, value=value, key=str(i % 7).encode())
     assert producer.flush(30) == 0
+
+
+def test_cluster_ids_never_start_with_a_dash():
+    # kafka-storage format reads "-t -abc..." as an option: 1 id in 64 failed the broker's start.
+    ids = [new_cluster_id() for _ in range(5000)]
+    assert not [i for i in ids if i.startswith("-")]
+    assert all(len(i) == 22 and len(base64.urlsafe_b64decode(i + "==")) == 16 for i in ids)
+    assert len(set(ids)) == len(ids)
 
 
 def test_pipeline_topics_are_created_idempotently(kafka_bootstrap):

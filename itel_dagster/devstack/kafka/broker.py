@@ -36,6 +36,15 @@ def classpath_cache_dir() -> Path:
     return Path(base) / "itel-dagster" / "kafka"
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id (URL-safe base64 of 16 bytes). One starting with '-' is drawn
+    again, as Kafka's own Uuid.randomUuid() does: kafka-storage would read it as an option."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 @dataclass(frozen=True)
 class BrokerStatus:
     pid: int
@@ -161,7 +170,7 @@ class LocalKafkaBroker:
     def _format(self, java: str, classpath: str) -> None:
         if (self.data_dir / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         result = subprocess.run(
             [java, *JVM_OPTIONS, f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", classpath,
              "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id,
