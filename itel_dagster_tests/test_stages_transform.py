@@ -12,6 +12,7 @@ from itel_dagster.devstack import claimx_world as world
 from itel_dagster.stages.bench_stages import TOPIC, tracking_event
 from itel_dagster.stages.raw_batch import RAW_BATCH_SCHEMA, raw_batch_from_records
 from itel_dagster.stages.transform import TRANSFORMED_SCHEMA, transform
+from itel_dagster.stages.validate import validate
 
 INGESTED_AT = datetime(2026, 11, 28, 13, 0, tzinfo=timezone.utc)
 KAFKA_MS = 1_795_869_296_789  # 2026-11-28T12:34:56.789Z
@@ -168,6 +169,33 @@ def test_non_utf8_payload_survives_losslessly():
     assert base64.b64decode(payload.removeprefix("base64:")) == value
     assert out["payload_bytes"][1] == len(value)
     assert out["original_payload"][0].startswith("{")
+
+
+def test_a_value_over_the_limit_is_kept_but_not_decoded():
+    event = tracking_event(world.FIRST_ASSIGNMENT_ID, 1)
+    event["task"]["technician_notes"] = "n" * 2_000
+    value = orjson.dumps(event)
+    not_text = b'{"event_id": "' + b"\xe9" * 2_000 + b'"}'
+    small = orjson.dumps(tracking_event(world.FIRST_ASSIGNMENT_ID, 2))
+
+    out = transform(raw_of([value, not_text, small]), worker="w", max_record_bytes=1_000)
+
+    big, binary, fine = out.rows(named=True)
+    assert big["parse_error"] == "oversized"
+    assert big["parse_error_reason"] == (
+        f"record value is {len(value)} bytes, over the limit of 1000 bytes; not decoded")
+    assert big["event_id"] == event["event_id"]  # its top-level fields, for the error record
+    assert big["task_json"] is None and big["task_technician_notes"] is None  # not its objects
+    assert big["original_payload"] == value.decode()  # the error topic still gets the record
+    assert big["payload_bytes"] == len(value)
+    assert binary["parse_error"] == "oversized"
+    assert base64.b64decode(binary["original_payload"].removeprefix("base64:")) == not_text
+    assert fine["parse_error"] is None and fine["event_id"] == "evt-%d-000002" % world.FIRST_ASSIGNMENT_ID
+    verdict = validate(out, expected_task_id=world.ITEL_TASK_ID, max_record_bytes=1_000)
+    assert verdict.errors["error_type"].to_list() == ["oversized", "oversized"]
+    assert verdict.errors["reason"][0] == (
+        f"record value is {len(value)} bytes, over the limit of 1000 bytes")
+    assert verdict.valid["event_id"].to_list() == [fine["event_id"]]
 
 
 def test_timestamp_forms():

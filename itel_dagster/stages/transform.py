@@ -7,7 +7,8 @@ its text (strings as-is, other JSON values in JSON spelling) and `json_types` sa
 it was.
 
 `original_payload` is the record value as text. A value that is not UTF-8 is kept losslessly as
-`base64:` followed by the standard base64 of its bytes (only such rows have parse_error 'non_utf8').
+`base64:` followed by the standard base64 of its bytes (such rows have parse_error 'non_utf8', or
+'oversized').
 
 task_json / project_json are the event's `task` / `project` objects re-serialized compactly by
 orjson (same keys and order, not byte-identical to the record); null when not an object.
@@ -15,6 +16,9 @@ orjson (same keys and order, not byte-identical to the record); null when not an
 Only the per-record JSON decoding is Python (orjson, into flat lists); everything after it is
 polars expressions. `pl.read_ndjson` over the joined batch would be faster, but one bad line fails
 the whole batch, and bad lines are common here.
+
+A value over `max_record_bytes` gets parse_error 'oversized' and only its top-level fields: validate
+rejects it anyway, and its objects (task_json, the fallbacks) would copy its bytes into more columns.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from operator import itemgetter
 
 import orjson
 import polars as pl
+
+from itel_dagster.stages.validate import DEFAULT_MAX_RECORD_BYTES
 
 # Top-level scalar fields kept as text, each with its JSON type in `json_types`.
 EVENT_FIELDS = (
@@ -90,6 +96,7 @@ class _Missing:
 
 
 _MISSING = _Missing()
+_OVERSIZED_REASON = "record value is {} bytes, over the limit of {} bytes; not decoded"
 _SCALAR_FIELDS = (*EVENT_FIELDS, "timestamp")
 _pick_scalars = itemgetter(*_SCALAR_FIELDS)
 _FALLBACK_KEYS = tuple(TASK_FALLBACK_FIELDS.values())
@@ -120,6 +127,13 @@ def _parse_failure(value: bytes | None, error: ValueError) -> tuple[str, str]:
     except UnicodeDecodeError as bad_bytes:
         return "non_utf8", f"record value is not valid UTF-8 (byte {bad_bytes.start})"
     return "malformed_json", f"record value is not valid JSON: {error}"
+
+
+def _scalars_of(event: dict) -> tuple | list:
+    try:
+        return _pick_scalars(event)
+    except KeyError:
+        return [event.get(name, _MISSING) for name in _SCALAR_FIELDS]
 
 
 def _not_an_object(event) -> tuple[str, str]:
@@ -161,7 +175,9 @@ def _field(
     )
 
 
-def _decode(values: list[bytes | None]) -> tuple[list[pl.Series], dict[str, pl.Expr]]:
+def _decode(
+    values: list[bytes | None], max_record_bytes: int
+) -> tuple[list[pl.Series], dict[str, pl.Expr]]:
     """Per-record JSON decoding → (series, expressions of the decoded output columns).
 
     Python does only the JSON decoding; texts and types are made per column afterwards.
@@ -170,6 +186,7 @@ def _decode(values: list[bytes | None]) -> tuple[list[pl.Series], dict[str, pl.E
     # flat list of width w is flat[i::w].
     scalars, fallbacks, tasks, projects = [], [], [], []
     failures: list[tuple[int, str, str]] = []
+    not_text: list[int] = []  # rows whose original_payload must be base64
     add_scalars, add_fallbacks, add_task, add_project = (
         scalars.extend, fallbacks.extend, tasks.append, projects.append,
     )
@@ -178,27 +195,35 @@ def _decode(values: list[bytes | None]) -> tuple[list[pl.Series], dict[str, pl.E
             event = _loads(value)
             failure = None if type(event) is dict else _not_an_object(event)
         except ValueError as error:
-            failure = _parse_failure(value, error)
+            event, failure = None, _parse_failure(value, error)
+        if failure is not None and failure[0] == "non_utf8":
+            not_text.append(row)
+        kept_scalars = _NO_SCALARS
+        if value is not None and len(value) > max_record_bytes:
+            # Its top-level fields only (the error record names its event_id); none of its
+            # objects, which is where such a value's bytes are.
+            if failure is None:
+                kept_scalars = _scalars_of(event)
+            failure = "oversized", _OVERSIZED_REASON.format(len(value), max_record_bytes)
         if failure is not None:
             failures.append((row, *failure))
-            add_scalars(_NO_SCALARS)
+            add_scalars(kept_scalars)
             add_fallbacks(_NO_FALLBACKS)
             add_task(None)
             add_project(None)
             continue
-        try:
-            add_scalars(_pick_scalars(event))
-        except KeyError:
-            add_scalars([event.get(name, _MISSING) for name in _SCALAR_FIELDS])
+        add_scalars(_scalars_of(event))
         task = event.get("task")
         if type(task) is dict:
-            add_task(_dumps(task))
+            # .decode(): orjson's bytes keep their 4 KB buffer; a str of the text is sized to it
+            # (10,000 events held 77 MB of buffers for 5 MB of JSON).
+            add_task(_dumps(task).decode())
             add_fallbacks(map(task.get, _FALLBACK_KEYS))
         else:
             add_task(None)
             add_fallbacks(_NO_FALLBACKS)
         project = event.get("project")
-        add_project(_dumps(project) if type(project) is dict else None)
+        add_project(_dumps(project).decode() if type(project) is dict else None)
 
     series: list[pl.Series] = []
     exprs: dict[str, pl.Expr] = {}
@@ -211,9 +236,8 @@ def _decode(values: list[bytes | None]) -> tuple[list[pl.Series], dict[str, pl.E
         added, exprs[name], _ = _field(name, fallbacks[i :: len(TASK_FALLBACK_FIELDS)], parsed)
         series += added
     for name, column in (("task_json", tasks), ("project_json", projects)):
-        # orjson writes UTF-8, so the cast cannot fail.
-        series.append(pl.Series(name, column, dtype=pl.Binary))
-        exprs[name] = pl.col(name).cast(pl.String)
+        series.append(pl.Series(name, column, dtype=pl.String))
+        exprs[name] = pl.col(name)
     exprs["json_types"] = pl.struct(types[name].alias(name) for name in EVENT_FIELDS)
     if failures:
         rows, codes, reasons = zip(*failures)
@@ -223,9 +247,8 @@ def _decode(values: list[bytes | None]) -> tuple[list[pl.Series], dict[str, pl.E
         exprs["parse_error_reason"] = pl.col("parse_error_reason")
     else:
         exprs["parse_error"] = exprs["parse_error_reason"] = pl.lit(None, pl.String)
-    non_utf8 = [row for row, code, _ in failures if code == "non_utf8"]
-    if non_utf8:
-        series.append(_payload_text(values, non_utf8))
+    if not_text:
+        series.append(_payload_text(values, not_text))
         exprs["original_payload"] = pl.col("original_payload")
     else:
         exprs["original_payload"] = pl.col("value").cast(pl.String)
@@ -239,10 +262,10 @@ def _scattered(name: str, length: int, rows: Sequence[int], values: Sequence[str
     return pl.Series(name, column, dtype=pl.String)
 
 
-def _payload_text(values: list[bytes | None], non_utf8: list[int]) -> pl.Series:
+def _payload_text(values: list[bytes | None], not_text: list[int]) -> pl.Series:
     """original_payload when some values are not UTF-8: those become `base64:<base64>`."""
     texts = list(values)
-    for row in non_utf8:
+    for row in not_text:
         texts[row] = b"base64:" + base64.b64encode(values[row])
     # Built from Python: masking the bad values inside polars still leaves their bytes in the
     # buffer, and the cast to String rejects them.
@@ -266,13 +289,18 @@ def _parse_timestamp(text: pl.Expr) -> pl.Expr:
     return pl.coalesce(zoned, naive.dt.replace_time_zone("UTC"))
 
 
-def transform(raw: pl.DataFrame, worker: str, ingested_at: datetime | None = None) -> pl.DataFrame:
+def transform(
+    raw: pl.DataFrame,
+    worker: str,
+    ingested_at: datetime | None = None,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+) -> pl.DataFrame:
     """One output row per raw row, in order, with the columns of TRANSFORMED_SCHEMA.
 
     `ingested_at` (default: now) is one UTC value for the whole batch; a naive value is taken as
     UTC. event_timestamp is null when "timestamp" is absent or not an ISO 8601 string.
     """
-    series, decoded = _decode(raw["value"].to_list())
+    series, decoded = _decode(raw["value"].to_list(), max_record_bytes)
     passed_through = ("task_json", "project_json", *TASK_FALLBACK_FIELDS, "original_payload")
     return raw.hstack(series).select(
         *(decoded[name].alias(name) for name in EVENT_FIELDS),
