@@ -58,8 +58,10 @@ def write_jobs(path: Path, version: str) -> Path:
     return path
 
 
-def launcher_instance(preload=None):
+def launcher_instance(preload=None, spare_imports=None):
     config = {} if preload is None else {"preload_modules": preload}
+    if spare_imports is not None:
+        config["spare_imports"] = spare_imports
     return dg.instance_for_test(overrides={
         "run_launcher": {"module": LAUNCHER, "class": "WarmForkRunLauncher", "config": config}})
 
@@ -111,7 +113,68 @@ def test_runs_are_forks_of_one_warm_process_and_see_code_changes(tmp_path):
             assert seen == version
         assert (tmp_path / "first").read_text().split()[0] != (tmp_path / "second").read_text().split()[0]
         events = [e.message for e in instance.all_logs(second) if e.message]
-        assert any("Forked run worker" in m for m in events)
+        assert any(f"run worker (pid: {pid})" in m for m in events)
+
+
+SPARE_MARKER = '''
+import os, pathlib
+pathlib.Path(os.environ["SPARE_MARKS"], str(os.getpid())).touch()
+'''
+
+
+def spare_marks(directory: Path) -> set[int]:
+    return {int(p.name) for p in directory.iterdir()}
+
+
+def test_a_run_starts_in_a_spare_that_imported_ahead(tmp_path, monkeypatch):
+    jobs = write_jobs(tmp_path / "jobs.py", "v1")
+    (tmp_path / "modules").mkdir()
+    (tmp_path / "modules" / "spare_marker.py").write_text(SPARE_MARKER)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "modules"))
+    monkeypatch.setenv("SPARE_MARKS", str(marks))
+    with launcher_instance(spare_imports=["spare_marker"]) as instance:
+        first = launch(instance, jobs, "where_job", "where", {"out": str(tmp_path / "first")})
+        assert finished(instance, first).status == dg.DagsterRunStatus.SUCCESS
+        first_pid = int(instance.get_run_by_id(first).tags[RUN_PID_TAG])
+        assert first_pid in spare_marks(marks)  # its process imported the module before the run
+        # The next spare is forked and imports while no run needs it.
+        (waiting,) = wait_for(lambda: spare_marks(marks) - {first_pid}, what="the next spare")
+
+        second = launch(instance, jobs, "where_job", "where", {"out": str(tmp_path / "second")})
+        assert finished(instance, second).status == dg.DagsterRunStatus.SUCCESS
+        assert int(instance.get_run_by_id(second).tags[RUN_PID_TAG]) == waiting
+        pid, parent, version = (tmp_path / "second").read_text().split()
+        assert (int(pid), int(parent), version) == (waiting, warm_pids(instance)[0], "v1")
+        events = [e.message for e in instance.all_logs(second) if e.message]
+        assert any(f"spare run worker (pid: {waiting})" in m for m in events)
+
+
+def test_a_run_still_starts_when_its_spare_died(tmp_path, monkeypatch):
+    jobs = write_jobs(tmp_path / "jobs.py", "v1")
+    (tmp_path / "modules").mkdir()
+    (tmp_path / "modules" / "spare_marker.py").write_text(SPARE_MARKER)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "modules"))
+    monkeypatch.setenv("SPARE_MARKS", str(marks))
+    with launcher_instance(spare_imports=["spare_marker"]) as instance:
+        first = launch(instance, jobs, "where_job", "where", {"out": str(tmp_path / "first")})
+        finished(instance, first)
+        first_pid = int(instance.get_run_by_id(first).tags[RUN_PID_TAG])
+        (spare,) = wait_for(lambda: spare_marks(marks) - {first_pid}, what="the next spare")
+        os.kill(spare, signal.SIGKILL)
+        wait_for(lambda: process_state(spare) in (None, "Z"), what="the spare to die")
+
+        second = launch(instance, jobs, "where_job", "where", {"out": str(tmp_path / "second")})
+        assert finished(instance, second).status == dg.DagsterRunStatus.SUCCESS
+        pid = int(instance.get_run_by_id(second).tags[RUN_PID_TAG])
+        assert pid != spare
+        events = [e.message for e in instance.all_logs(second) if e.message]
+        assert any(f"Forked run worker (pid: {pid})" in m for m in events)
+        # and a new spare waits for the next run
+        wait_for(lambda: spare_marks(marks) - {first_pid, spare}, what="a new spare")
 
 
 def test_terminate_cancels_a_running_run(tmp_path):
