@@ -126,7 +126,8 @@ def spare_marks(directory: Path) -> set[int]:
     return {int(p.name) for p in directory.iterdir()}
 
 
-def test_a_run_starts_in_a_spare_that_imported_ahead(tmp_path, monkeypatch):
+def spare_marking(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
+    """(jobs file, marks dir): spares that import spare_marker leave their pid in marks."""
     jobs = write_jobs(tmp_path / "jobs.py", "v1")
     (tmp_path / "modules").mkdir()
     (tmp_path / "modules" / "spare_marker.py").write_text(SPARE_MARKER)
@@ -134,6 +135,11 @@ def test_a_run_starts_in_a_spare_that_imported_ahead(tmp_path, monkeypatch):
     marks.mkdir()
     monkeypatch.setenv("PYTHONPATH", str(tmp_path / "modules"))
     monkeypatch.setenv("SPARE_MARKS", str(marks))
+    return jobs, marks
+
+
+def test_a_run_starts_in_a_spare_that_imported_ahead(tmp_path, monkeypatch):
+    jobs, marks = spare_marking(tmp_path, monkeypatch)
     with launcher_instance(spare_imports=["spare_marker"]) as instance:
         first = launch(instance, jobs, "where_job", "where", {"out": str(tmp_path / "first")})
         assert finished(instance, first).status == dg.DagsterRunStatus.SUCCESS
@@ -152,13 +158,7 @@ def test_a_run_starts_in_a_spare_that_imported_ahead(tmp_path, monkeypatch):
 
 
 def test_a_run_still_starts_when_its_spare_died(tmp_path, monkeypatch):
-    jobs = write_jobs(tmp_path / "jobs.py", "v1")
-    (tmp_path / "modules").mkdir()
-    (tmp_path / "modules" / "spare_marker.py").write_text(SPARE_MARKER)
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "modules"))
-    monkeypatch.setenv("SPARE_MARKS", str(marks))
+    jobs, marks = spare_marking(tmp_path, monkeypatch)
     with launcher_instance(spare_imports=["spare_marker"]) as instance:
         first = launch(instance, jobs, "where_job", "where", {"out": str(tmp_path / "first")})
         finished(instance, first)
