@@ -6,6 +6,7 @@ from confluent_kafka import Producer
 
 from itel_dagster.kafka.offsets import commit_offsets, group_progress
 from itel_dagster.kafka.range_reader import read_range
+from itel_dagster.kafka.results_producer import ResultsProducer
 
 
 def produce_to_partitions(bootstrap: str, topic: str, counts: dict[int, int]) -> None:
@@ -57,4 +58,18 @@ def test_read_range_past_the_log_end_returns_what_exists(kafka_bootstrap, make_t
     produce_to_partitions(kafka_bootstrap, topic, {0: 5})
     read = read_range(kafka_bootstrap, topic, 0, 2, 8, timeout=10)
     assert [r.offset for r in read.records] == [2, 3, 4]
+    assert read.missing_offsets == 0
+
+
+def test_results_wait_for_room_when_the_producer_buffer_is_full(kafka_bootstrap, make_topic):
+    """A bounded buffer (64 KB here) makes send() wait for deliveries, never drop or fail."""
+    topic = make_topic(partitions=1)
+    producer = ResultsProducer(kafka_bootstrap, client_id="buffer-test", buffer_kbytes=64)
+    records = [(f"k{i}".encode(), f"{i:06d}".encode() + b"x" * 2_000) for i in range(300)]
+
+    assert producer.send(topic, iter(records)) == 300  # 600 KB through a 64 KB buffer
+    producer.flush()
+
+    read = read_range(kafka_bootstrap, topic, 0, 0, 300)
+    assert [r.value[:6] for r in read.records] == [f"{i:06d}".encode() for i in range(300)]
     assert read.missing_offsets == 0

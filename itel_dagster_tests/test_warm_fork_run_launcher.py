@@ -50,6 +50,15 @@ def die(context):
 @dg.job(executor_def=dg.in_process_executor)
 def dying_job():
     die()
+
+@dg.op(config_schema={{"out": str}})
+def env_of_run(context):
+    with open(context.op_config["out"], "w") as out:
+        out.write(os.environ.get("ITEL_TEST_RUN_ENV", "unset"))
+
+@dg.job(executor_def=dg.in_process_executor)
+def env_job():
+    env_of_run()
 '''
 
 
@@ -58,10 +67,12 @@ def write_jobs(path: Path, version: str) -> Path:
     return path
 
 
-def launcher_instance(preload=None, spare_imports=None):
+def launcher_instance(preload=None, spare_imports=None, env=None):
     config = {} if preload is None else {"preload_modules": preload}
     if spare_imports is not None:
         config["spare_imports"] = spare_imports
+    if env is not None:
+        config["env"] = env
     return dg.instance_for_test(overrides={
         "run_launcher": {"module": LAUNCHER, "class": "WarmForkRunLauncher", "config": config}})
 
@@ -232,3 +243,13 @@ def test_preloading_a_module_that_starts_threads_is_refused(tmp_path):
     with launcher_instance(preload=["dagster", "polars"]) as instance:
         with pytest.raises(DagsterLaunchFailedError, match="threads"):
             launch(instance, jobs, "where_job", "where", {"out": str(tmp_path / "out")})
+
+
+def test_the_launcher_env_reaches_every_run(tmp_path, monkeypatch):
+    jobs = write_jobs(tmp_path / "jobs.py", "v1")
+    monkeypatch.setenv("ITEL_TEST_RUN_ENV", "from the daemon")
+    with launcher_instance(env={"ITEL_TEST_RUN_ENV": "from dagster.yaml"}) as instance:
+        for name in ("first", "second"):  # the first spare and the one forked after it
+            run_id = launch(instance, jobs, "env_job", "env_of_run", {"out": str(tmp_path / name)})
+            assert finished(instance, run_id).status == dg.DagsterRunStatus.SUCCESS
+            assert (tmp_path / name).read_text() == "from dagster.yaml"

@@ -61,7 +61,18 @@ class DagsterDaemon:
                                f"see {self.log_file}")
 
     def instance(self) -> dg.DagsterInstance:
-        return dg.DagsterInstance.from_config(str(self.home))
+        # dagster.yaml's event log storage finds its directory through DAGSTER_HOME.
+        before = os.environ.get("DAGSTER_HOME")
+        os.environ["DAGSTER_HOME"] = str(self.home)
+        try:
+            instance = dg.DagsterInstance.from_config(str(self.home))
+            instance.event_log_storage  # noqa: B018 - built now, while DAGSTER_HOME is set
+            return instance
+        finally:
+            if before is None:
+                del os.environ["DAGSTER_HOME"]
+            else:
+                os.environ["DAGSTER_HOME"] = before
 
     def stop(self) -> None:
         """SIGTERM to the daemon's own process group (code server, run processes), then KILL."""

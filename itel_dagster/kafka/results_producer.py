@@ -11,12 +11,16 @@ from collections.abc import Iterable
 from confluent_kafka import Producer
 
 
+QUEUE_BUFFER_KBYTES = 16_384  # 16 MiB: eight records of the 2 MB maximum, thousands of usual ones
+
+
 class DeliveryFailed(RuntimeError):
     pass
 
 
 class ResultsProducer:
-    def __init__(self, bootstrap_servers: str, client_id: str = "itel-dagster"):
+    def __init__(self, bootstrap_servers: str, client_id: str = "itel-dagster",
+                 buffer_kbytes: int = QUEUE_BUFFER_KBYTES):
         self._producer = Producer({
             "bootstrap.servers": bootstrap_servers,
             "client.id": client_id,
@@ -24,6 +28,9 @@ class ResultsProducer:
             "enable.idempotence": True,
             "linger.ms": 5,
             "message.max.bytes": 2_000_000,
+            # Records waiting for delivery are held in this buffer (default 1 GB): bounded, a full
+            # buffer makes send() wait for deliveries instead of holding a whole run's results.
+            "queue.buffering.max.kbytes": buffer_kbytes,
         })
         self._failures: list[str] = []
         self.sent = 0

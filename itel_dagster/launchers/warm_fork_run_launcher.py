@@ -88,10 +88,11 @@ class ForkServer:
     """One run_fork_server process for one Python executable, spoken to over its stdin/stdout."""
 
     def __init__(self, executable: str, preload: list[str], start_timeout: float,
-                 spare_imports: list[str] | None = None):
+                 spare_imports: list[str] | None = None, env: Mapping[str, str] | None = None):
         self.executable = executable
         self.preload = preload
         self.spare_imports = list(spare_imports or [])
+        self.env = dict(env or {})
         self.start_timeout = start_timeout
         self.process: subprocess.Popen | None = None
         self._pending = b""
@@ -107,7 +108,7 @@ class ForkServer:
             command += ["--spare-import", module]
         # stderr is inherited: the runs' output lands where the daemon's does.
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=None, bufsize=0)
+                                        stderr=None, bufsize=0, env={**os.environ, **self.env})
         self._pending = b""
         hello = self._read_reply(self.start_timeout)
         if not hello.get("ready"):
@@ -167,10 +168,12 @@ def process_state(pid: int) -> str | None:
 class WarmForkRunLauncher(RunLauncher, ConfigurableClass):
     def __init__(self, inst_data: ConfigurableClassData | None = None,
                  preload_modules: list[str] | None = None, start_timeout_seconds: float = 120.0,
-                 fork_timeout_seconds: float = 30.0, spare_imports: list[str] | None = None):
+                 fork_timeout_seconds: float = 30.0, spare_imports: list[str] | None = None,
+                 env: Mapping[str, str] | None = None):
         self._inst_data = inst_data
         self.preload_modules = list(DEFAULT_PRELOAD if preload_modules is None else preload_modules)
         self.spare_imports = list(DEFAULT_SPARE_IMPORTS if spare_imports is None else spare_imports)
+        self.env = {name: str(value) for name, value in (env or {}).items()}
         self.start_timeout_seconds = start_timeout_seconds
         self.fork_timeout_seconds = fork_timeout_seconds
         self._servers: dict[str, ForkServer] = {}
@@ -192,6 +195,9 @@ class WarmForkRunLauncher(RunLauncher, ConfigurableClass):
             "spare_imports": dg.Field([str], is_required=False, description=(
                 "Modules a spare run process imports before its run arrives (default: polars, "
                 "pyarrow, deltalake); [] for no spare.")),
+            "env": dg.Field(dg.Permissive(), is_required=False, description=(
+                "Environment variables of the warm process, so of every run (e.g. allocator "
+                "settings); they override the daemon's.")),
         }
 
     @classmethod
@@ -223,7 +229,7 @@ class WarmForkRunLauncher(RunLauncher, ConfigurableClass):
             try:
                 if server is None or not server.alive():
                     server = ForkServer(executable, self.preload_modules, self.start_timeout_seconds,
-                                        self.spare_imports)
+                                        self.spare_imports, self.env)
                     server.start()
                     self._servers[executable] = server
                 return server.fork_run(args, self.fork_timeout_seconds)

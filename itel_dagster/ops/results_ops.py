@@ -17,6 +17,9 @@ from itel_dagster.stages.error_records import error_record_messages
 from itel_dagster.worker_logs import worker_logger
 
 
+MESSAGE_SLICE_ROWS = 1_000
+
+
 def success_messages(successes: pl.DataFrame) -> list[tuple[bytes | None, bytes]]:
     """One JSON record per processed event, keyed by event_id."""
     if successes.is_empty():
@@ -24,6 +27,13 @@ def success_messages(successes: pl.DataFrame) -> list[tuple[bytes | None, bytes]
     lines = successes.write_ndjson().splitlines()
     keys = successes["event_id"].to_list()
     return [(key.encode() if key else None, line.encode()) for key, line in zip(keys, lines)]
+
+
+def in_slices(frame: pl.DataFrame, messages, rows: int = MESSAGE_SLICE_ROWS):
+    """The messages of `frame`, encoded a slice at a time: a run never holds every encoded
+    message at once (the producer's own buffer is bounded too, see ResultsProducer)."""
+    for chunk in frame.iter_slices(rows):
+        yield from messages(chunk)
 
 
 # A plain output: it is the assets' output, so backfill jobs need no in-memory IO manager.
@@ -49,9 +59,9 @@ def publish_results_and_commit(
         _finish_backfill(context, batch, error_count)
         return None
     producer = kafka.results_producer(client_id=f"{settings.name}-results")
-    producer.send(settings.success_topic, success_messages(batch.rows))
+    producer.send(settings.success_topic, in_slices(batch.rows, success_messages))
     if errors is not None:
-        producer.send(settings.error_topic, error_record_messages(errors))
+        producer.send(settings.error_topic, in_slices(errors, error_record_messages))
     producer.flush()
     held_back = batch.commit_before or {}
     commit_to = {r.partition: min(r.end, held_back.get(r.partition, r.end))
