@@ -190,20 +190,24 @@ def _handle(line: bytes) -> None:
     except (ValueError, KeyError, TypeError) as exc:
         _reply({"error": f"bad request: {exc!r}"})
         return
+    pid, from_spare = _start_run(execute_run_args)
+    _reply({"pid": pid, "spare": from_spare})
+    if _state["spare_imports"]:
+        _state["spare"] = _fork_spare(_state["spare_imports"])
+
+
+def _start_run(execute_run_args: str) -> tuple[int, bool]:
+    """(pid, whether the waiting spare took the run); without a live spare, a fresh fork."""
     spare = _state["spare"]
     if spare is not None:
         _reap()  # learn whether it died
         _state["spare"] = None
         if spare.hand_over(execute_run_args):
-            _reply({"pid": spare.pid, "spare": True})
-            _state["spare"] = _fork_spare(_state["spare_imports"])
-            return
+            return spare.pid, True
     pid = os.fork()
     if pid == 0:
         _run_child(execute_run_args)
-    _reply({"pid": pid, "spare": False})
-    if _state["spare_imports"]:
-        _state["spare"] = _fork_spare(_state["spare_imports"])
+    return pid, False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -118,12 +118,16 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
                 with connection.begin():
                     yield connection
 
-    def _engine(self, shard: str) -> Engine:
+    def _own_engines(self) -> OrderedDict[str, Engine]:
+        """This process's engines (call under self._db_lock)."""
         if self._engines_pid != os.getpid():
             # A fork inherited the parent's connections: SQLite forbids using them; drop them.
             self._engines = OrderedDict()
             self._engines_pid = os.getpid()
-        engine = self._engines.get(shard)
+        return self._engines
+
+    def _engine(self, shard: str) -> Engine:
+        engine = self._own_engines().get(shard)
         if engine is not None:
             self._engines.move_to_end(shard)
             return engine
@@ -145,12 +149,9 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     def _close(self, shard: str | None = None) -> None:
         """Closes one shard's kept connection, or all of them."""
         with self._db_lock:
-            if self._engines_pid != os.getpid():
-                self._engines = OrderedDict()
-                self._engines_pid = os.getpid()
-            shards = list(self._engines) if shard is None else [shard]
-            for name in shards:
-                engine = self._engines.pop(name, None)
+            engines = self._own_engines()
+            for name in list(engines) if shard is None else [shard]:
+                engine = engines.pop(name, None)
                 if engine is not None:
                     engine.dispose()
 
