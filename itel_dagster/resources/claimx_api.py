@@ -19,6 +19,7 @@ import dagster as dg
 import httpx
 from pydantic import PrivateAttr
 
+from itel_dagster.resources.api_http_client import ApiHttpClient
 from itel_dagster.resources.http_retry import RETRY_EXCEPTIONS, RetryRule, is_retryable_status
 from itel_dagster.resources.task_cache import TaskCache
 from itel_dagster.settings.connections import ClaimxConnectionSettings, load_claimx_connection
@@ -124,13 +125,10 @@ class ClaimxLookupClient:
         if s.auth_token is not None:
             headers["Authorization"] = f"Bearer {s.auth_token.get_secret_value()}"
         timeout = httpx.Timeout(s.timeout_seconds, connect=s.connect_timeout_seconds)
-        limits = httpx.Limits(max_connections=s.max_concurrency,
-                              max_keepalive_connections=s.max_concurrency)
         unavailable: list[str] = []
         counted = threading.Lock()
 
-        with httpx.Client(base_url=s.base, headers=headers, timeout=timeout,
-                          limits=limits) as client:
+        with ApiHttpClient(s.base, headers, timeout, s.max_concurrency) as client:
 
             def one(assignment_id: int) -> None:
                 if unavailable:
@@ -153,7 +151,7 @@ class ClaimxLookupClient:
                 "lookups skipped, rows go on without enrichment"
             )
 
-    def _fetch(self, client: httpx.Client, assignment_id: int, batch: LookupBatch,
+    def _fetch(self, client: ApiHttpClient, assignment_id: int, batch: LookupBatch,
                counted: threading.Lock) -> TaskLookup:
         path = self.settings.task_path.format(assignment_id=assignment_id)
         last_problem = ""
@@ -162,7 +160,7 @@ class ClaimxLookupClient:
             try:
                 with counted:
                     batch.requests_made += 1
-                response = client.get(path)
+                response = client.request("GET", path)
             except RETRY_EXCEPTIONS as exc:
                 last_problem = f"{type(exc).__name__} on GET {path}"
             else:

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 import httpx
 
 from itel_dagster.metrics.pipeline_metrics import ApiCallMetrics
+from itel_dagster.resources.api_http_client import ApiHttpClient
 from itel_dagster.resources.circuit_breaker import CircuitBreaker
 from itel_dagster.resources.http_retry import RETRY_EXCEPTIONS, RetryRule, is_retryable_status
 from itel_dagster.resources.itel_auth import TokenRequestError
@@ -113,7 +114,7 @@ class _Answer:
 class _Call:
     """The state of one send(): its client, counts, and why it stopped, once it has."""
 
-    client: httpx.Client
+    client: ApiHttpClient
     metrics: ApiCallMetrics
     requests_made: int = 0
     stopped: str | None = None
@@ -206,10 +207,7 @@ class ItelSender:
         # request here, the sync one about a third of that, and several runs share 2 cores.
         s = self.settings
         timeout = httpx.Timeout(s.timeout_seconds, connect=s.connect_timeout_seconds)
-        limits = httpx.Limits(max_connections=s.max_concurrency,
-                              max_keepalive_connections=s.max_concurrency)
-        with httpx.Client(base_url=s.base, headers=dict(s.headers), timeout=timeout,
-                          limits=limits) as client:
+        with ApiHttpClient(s.base, dict(s.headers), timeout, s.max_concurrency) as client:
             call = _Call(client, metrics)
             by_assignment: dict[int, list[_Track]] = {}
             for track in sorted(tracks, key=lambda t: t.request.order):
@@ -234,7 +232,7 @@ class ItelSender:
             return None
         started = time.perf_counter()
         try:
-            auth_headers = self.auth.headers(call.client)
+            auth_headers = self.auth.headers(call.client.client)
         except TokenRequestError as exc:
             if not exc.retryable:  # iTel answered: healthy, but our credentials are refused
                 self.breaker.record_success()

@@ -1,0 +1,51 @@
+"""ApiHttpClient against the real ClaimX simulator: what httpx.Client.request did for us (base URL,
+default and per-request headers, timeouts, httpx's transport errors) still holds."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from itel_dagster.devstack.claimx_world import claimx_task
+from itel_dagster.resources.api_http_client import ApiHttpClient
+
+TIMEOUT = httpx.Timeout(0.5, connect=1.0)
+
+
+def test_base_url_and_default_headers_reach_the_server_from_many_threads(claimx):
+    headers = {"Authorization": "Bearer claimx-dev-token"}
+    with ApiHttpClient(claimx.url, headers, TIMEOUT, max_connections=4) as client:
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(lambda a: client.request("GET", f"/api/v1/tasks/{a}"),
+                                      range(1_000_100, 1_000_140)))
+        assert [r.status_code for r in responses] == [200] * 40
+        assert json.loads(responses[0].text) == claimx_task(1_000_100)
+        assert responses[0].request.url == httpx.URL(f"{claimx.url}/api/v1/tasks/1000100")
+
+
+def test_per_request_headers_override_the_defaults(claimx):
+    with ApiHttpClient(claimx.url, {"Authorization": "Bearer wrong"}, TIMEOUT, 2) as client:
+        assert client.request("GET", "/api/v1/tasks/1000200").status_code == 401
+        fixed = client.request("GET", "/api/v1/tasks/1000200",
+                               headers={"Authorization": "Bearer claimx-dev-token"})
+        assert fixed.status_code == 200
+
+
+def test_a_slow_answer_times_out_and_the_pool_serves_the_next_request(claimx):
+    headers = {"Authorization": "Bearer claimx-dev-token"}
+    with ApiHttpClient(claimx.url, headers, TIMEOUT, 1) as client:
+        claimx.set_faults(latency_ms=1500)
+        with pytest.raises(httpx.ReadTimeout):
+            client.request("GET", "/api/v1/tasks/1000300")
+        claimx.clear_faults()
+        assert client.request("GET", "/api/v1/tasks/1000300").status_code == 200
+
+
+def test_a_refused_connection_is_httpx_connect_error(claimx):
+    claimx.set_faults(refuse_for_seconds=5)
+    with ApiHttpClient(claimx.url, {}, TIMEOUT, 1) as client:
+        with pytest.raises(httpx.ConnectError):
+            client.request("GET", "/api/v1/tasks/1000400")
