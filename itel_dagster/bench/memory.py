@@ -1,8 +1,8 @@
 """Peak memory of the Dagster daemon, its code server and each run process, from /proc (Linux).
 
-A thread polls the process tree under the daemon and keeps each process's VmHWM (its peak RSS
-so far, which the kernel keeps). A run that grows and exits between two polls shows the peak of
-its last poll, so polls are frequent. It only reads /proc; it never signals a process.
+A thread polls the process trees under the daemon and the code server and keeps each process's
+VmHWM (its peak RSS so far, which the kernel keeps). A run that grows and exits between two polls
+shows the peak of its last poll, so polls are frequent. It only reads /proc; it never signals a process.
 """
 
 from __future__ import annotations
@@ -46,9 +46,11 @@ def _vm_hwm_kb(pid: int) -> int | None:
     return None
 
 
-def _role(pid: int, root: int) -> str:
+def _role(pid: int, root: int, code_server: int | None = None) -> str:
     if pid == root:
         return DAEMON
+    if pid == code_server:
+        return CODE_SERVER
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
@@ -88,7 +90,8 @@ def descendants(root: int) -> set[int]:
 
 @dataclass
 class MemorySampler:
-    root_pid: int
+    root_pid: int  # the daemon: runs are launched under it
+    code_server_pid: int | None = None  # a code server started apart from the daemon
     interval_seconds: float = 0.3
     peaks: dict[int, ProcessPeak] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -106,14 +109,17 @@ class MemorySampler:
             self._stop.wait(self.interval_seconds)
 
     def sample(self) -> None:
-        for pid in descendants(self.root_pid):
+        pids = descendants(self.root_pid)
+        if self.code_server_pid is not None:
+            pids |= descendants(self.code_server_pid)
+        for pid in pids:
             hwm = _vm_hwm_kb(pid)
             if hwm is None:
                 continue
             with self._lock:
                 peak = self.peaks.get(pid)
                 if peak is None:
-                    peak = self.peaks[pid] = ProcessPeak(pid, _role(pid, self.root_pid),
+                    peak = self.peaks[pid] = ProcessPeak(pid, _role(pid, self.root_pid, self.code_server_pid),
                                                          parent=_stat_ppid(pid),
                                                          first_seen=time.time())
                 peak.peak_kb = max(peak.peak_kb, hwm)

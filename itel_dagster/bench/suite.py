@@ -279,7 +279,7 @@ def run_bench(options: BenchOptions) -> BenchRun:
         daemon = DagsterDaemon(work / "dagster_home", stack.env(), options.dagster_yaml,
                                work / "logs/dagster_daemon.log")
         daemon.start()
-        sampler = MemorySampler(daemon.process.pid).start()
+        sampler = MemorySampler(daemon.process.pid, daemon.code_server.pid).start()
         _phase_catch_up(run, stack, daemon, sampler, backlog_end, workers)
         _phase_steady(run, stack, daemon, workers)
         _phase_overhead(run, stack, daemon, workers)
