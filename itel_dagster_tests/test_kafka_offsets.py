@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from confluent_kafka import Producer
 
-from itel_dagster.kafka.offsets import commit_offsets, group_progress
+import pytest
+
+from itel_dagster.kafka import offsets
+from itel_dagster.kafka.offsets import (
+    GroupProgressReader,
+    commit_offsets,
+    group_progress,
+    kept_group_progress,
+)
 from itel_dagster.kafka.range_reader import read_range
 from itel_dagster.kafka.results_producer import ResultsProducer
 
@@ -40,6 +48,40 @@ def test_commits_move_forward_only_and_show_as_lag(kafka_bootstrap, make_topic):
     # Another group is independent.
     other = {p.partition: p for p in group_progress(kafka_bootstrap, "g-other", topic)}
     assert other[0].lag == 10
+
+
+def test_a_kept_reader_sees_every_later_commit_and_record(kafka_bootstrap, make_topic):
+    topic = make_topic(partitions=2)
+    produce_to_partitions(kafka_bootstrap, topic, {0: 4, 1: 1})
+    with GroupProgressReader(kafka_bootstrap, "g-kept") as reader:
+        first = {p.partition: p for p in reader.read(topic)}
+        assert [(first[p].committed, first[p].high) for p in (0, 1)] == [(None, 4), (None, 1)]
+        commit_offsets(kafka_bootstrap, "g-kept", topic, {0: 3})
+        produce_to_partitions(kafka_bootstrap, topic, {1: 5})
+        later = {p.partition: p for p in reader.read(topic)}
+        assert [(later[p].committed, later[p].high) for p in (0, 1)] == [(3, 4), (None, 6)]
+        assert reader.read(topic) == group_progress(kafka_bootstrap, "g-kept", topic)
+
+
+def test_kept_readers_are_reused_fresh_bounded_and_dropped_when_a_read_fails(
+        kafka_bootstrap, make_topic):
+    topic = make_topic(partitions=1)
+    produce_to_partitions(kafka_bootstrap, topic, {0: 3})
+    assert kept_group_progress(kafka_bootstrap, "g-kept-1", topic)[0].committed is None
+    reader = offsets._kept[(kafka_bootstrap, "g-kept-1")][0]
+    commit_offsets(kafka_bootstrap, "g-kept-1", topic, {0: 2})
+    assert kept_group_progress(kafka_bootstrap, "g-kept-1", topic)[0].committed == 2
+    assert offsets._kept[(kafka_bootstrap, "g-kept-1")][0] is reader  # the same consumer
+
+    with pytest.raises(RuntimeError, match="not available"):
+        kept_group_progress(kafka_bootstrap, "g-kept-1", "no-such-topic", timeout=2)
+    assert (kafka_bootstrap, "g-kept-1") not in offsets._kept
+    assert kept_group_progress(kafka_bootstrap, "g-kept-1", topic)[0].committed == 2
+
+    for n in range(offsets.KEPT_READERS + 2):
+        kept_group_progress(kafka_bootstrap, f"g-kept-many-{n}", topic)
+    assert len(offsets._kept) == offsets.KEPT_READERS
+    assert (kafka_bootstrap, f"g-kept-many-{offsets.KEPT_READERS + 1}") in offsets._kept
 
 
 def test_read_range_returns_exactly_the_range(kafka_bootstrap, make_topic):

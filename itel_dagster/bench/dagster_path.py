@@ -28,7 +28,7 @@ from dagster._core.errors import DagsterUserCodeUnreachableError
 from dagster._grpc.client import DagsterGrpcClient
 
 from itel_dagster.devstack.kafka.broker import free_port
-from itel_dagster.kafka.offsets import group_progress
+from itel_dagster.kafka.offsets import GroupProgressReader
 from itel_dagster.launchers.warm_fork_run_launcher import RUN_PID_TAG
 from itel_dagster.sensors.run_range_tags import (
     WORKER_TAG,
@@ -41,6 +41,7 @@ from itel_dagster.settings.workers import WorkerSettings
 
 CODE_LOCATION = "itel_dagster"  # as workspace.yaml names it
 DEFINITIONS_MODULE = "itel_dagster.definitions"
+POLL_SECONDS = 0.5  # the catch-up time's resolution
 
 
 class LagTimeout(RuntimeError):
@@ -140,23 +141,30 @@ def wait_until_caught_up(bootstrap: str, workers: list[WorkerSettings], targets:
     worker -> time.time() it got there. on_progress(records committed so far, both groups)."""
     reached: dict[str, float] = {}
     deadline = time.monotonic() + timeout
-    while True:
-        done = 0
-        for worker in workers:
-            progress = group_progress(bootstrap, worker.consumer_group, worker.input_topic)
-            committed = {p.partition: p.committed or 0 for p in progress}
-            done += sum(min(committed.get(p, 0), end) for p, end in targets.items())
-            if worker.name not in reached and all(committed.get(p, 0) >= end
-                                                  for p, end in targets.items()):
-                reached[worker.name] = time.time()
-        on_progress(done)
-        if len(reached) == len(workers):
-            return reached
-        check()
-        if time.monotonic() > deadline:
-            missing = [w.name for w in workers if w.name not in reached]
-            raise LagTimeout(f"{', '.join(missing)} did not commit {targets} within {timeout:.0f} s")
-        time.sleep(0.5)
+    # One kept consumer per group: the observer must not load the broker it measures.
+    readers = {w.name: GroupProgressReader(bootstrap, w.consumer_group) for w in workers}
+    try:
+        while True:
+            done = 0
+            for worker in workers:
+                progress = readers[worker.name].read(worker.input_topic)
+                committed = {p.partition: p.committed or 0 for p in progress}
+                done += sum(min(committed.get(p, 0), end) for p, end in targets.items())
+                if worker.name not in reached and all(committed.get(p, 0) >= end
+                                                      for p, end in targets.items()):
+                    reached[worker.name] = time.time()
+            on_progress(done)
+            if len(reached) == len(workers):
+                return reached
+            check()
+            if time.monotonic() > deadline:
+                missing = [w.name for w in workers if w.name not in reached]
+                raise LagTimeout(f"{', '.join(missing)} did not commit {targets} "
+                                 f"within {timeout:.0f} s")
+            time.sleep(POLL_SECONDS)
+    finally:
+        for reader in readers.values():
+            reader.close()
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ The committed offset is the next record to process, so lag = end offset - commit
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -75,11 +77,16 @@ def _partitions(consumer: Consumer, topic: str, timeout: float) -> list[int]:
     return sorted(described.partitions)
 
 
-def group_progress(
-    bootstrap_servers: str, group: str, topic: str, timeout: float = 10.0
-) -> list[PartitionProgress]:
-    consumer = group_consumer(bootstrap_servers, group)
-    try:
+class GroupProgressReader:
+    """Reads a group's progress over one kept consumer, for callers that read it again and again
+    (the bench's waits): a consumer per read costs a new connection and about 30 ms of broker
+    CPU, far less once connected (`python -m itel_dagster.bench.offsets_cost`)."""
+
+    def __init__(self, bootstrap_servers: str, group: str):
+        self._consumer = group_consumer(bootstrap_servers, group)
+
+    def read(self, topic: str, timeout: float = 10.0) -> list[PartitionProgress]:
+        consumer = self._consumer
         partitions = _partitions(consumer, topic, timeout)
         committed = _retrying(
             lambda: consumer.committed([TopicPartition(topic, p) for p in partitions], timeout),
@@ -97,8 +104,65 @@ def group_progress(
                 high=high,
             ))
         return progress
-    finally:
-        consumer.close()
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __enter__(self) -> GroupProgressReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def group_progress(
+    bootstrap_servers: str, group: str, topic: str, timeout: float = 10.0
+) -> list[PartitionProgress]:
+    with GroupProgressReader(bootstrap_servers, group) as reader:
+        return reader.read(topic, timeout)
+
+
+# Readers kept for the sensors, which read their group's progress several times a tick, every
+# few seconds, in the long-lived code server: (servers, group) -> reader and its lock.
+KEPT_READERS = 8
+_kept: OrderedDict[tuple[str, str], tuple[GroupProgressReader, threading.Lock]] = OrderedDict()
+_kept_lock = threading.Lock()
+
+
+def kept_group_progress(
+    bootstrap_servers: str, group: str, topic: str, timeout: float = 10.0
+) -> list[PartitionProgress]:
+    """group_progress over a consumer this process keeps (at most KEPT_READERS, the least
+    recently used closed first). A read that fails drops its reader: the next one starts fresh."""
+    key = (bootstrap_servers, group)
+    with _kept_lock:
+        if key in _kept:
+            _kept.move_to_end(key)
+        else:
+            _kept[key] = (GroupProgressReader(bootstrap_servers, group), threading.Lock())
+            while len(_kept) > KEPT_READERS:
+                _, (oldest, oldest_lock) = _kept.popitem(last=False)
+                with oldest_lock:
+                    oldest.close()
+        reader, lock = _kept[key]
+    with lock:
+        try:
+            return reader.read(topic, timeout)
+        except BaseException:
+            with _kept_lock:
+                if _kept.get(key, (None,))[0] is reader:
+                    del _kept[key]
+            reader.close()
+            raise
+
+
+def close_kept_readers() -> None:
+    with _kept_lock:
+        kept = list(_kept.values())
+        _kept.clear()
+    for reader, lock in kept:
+        with lock:
+            reader.close()
 
 
 def commit_offsets(

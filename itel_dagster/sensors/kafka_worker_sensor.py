@@ -13,11 +13,16 @@ from collections.abc import Callable
 import dagster as dg
 from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG
 
-from itel_dagster.kafka.offsets import first_offset_at_or_after, group_progress, record_timestamp_ms
+from itel_dagster.kafka.offsets import (
+    first_offset_at_or_after,
+    kept_group_progress,
+    record_timestamp_ms,
+)
 from itel_dagster.partitions import daily_partitions
 from itel_dagster.sensors.dispatch_plan import LastRun, PlannedRun, plan_dispatch
 from itel_dagster.sensors.lag_observation import lag_observation, worth_recording
 from itel_dagster.sensors.run_range_tags import WORKER_TAG, range_tags, tagged_partitions, tagged_ranges
+from itel_dagster.sensors.sensor_instance import sensor_instance
 from itel_dagster.settings.kafka import bootstrap_servers
 from itel_dagster.settings.workers import WorkerSettings
 
@@ -137,12 +142,13 @@ def build_kafka_worker_sensor(
     )
     def kafka_worker_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         servers = bootstrap_servers()
+        instance = sensor_instance(context)
         topic = worker.input_topic
-        progress = group_progress(servers, worker.consumer_group, topic)
+        progress = kept_group_progress(servers, worker.consumer_group, topic)
         # Lag over time in the UI (the asset's Plots tab): recorded when it changed, else every
         # few minutes; the daemon stores these events even when the tick skips.
         observation = lag_observation(asset_name, worker.consumer_group, topic, progress)
-        lag_events = [observation] if worth_recording(context.instance, observation) else []
+        lag_events = [observation] if worth_recording(instance, observation) else []
         closed = gate() if gate is not None else None
         if closed:
             lag = sum(p.lag for p in progress)
@@ -154,9 +160,9 @@ def build_kafka_worker_sensor(
             # read after the states are at least as new as they are. Read the other way round, a
             # range whose run committed and finished during this tick looked unfinished and went
             # out again.
-            in_flight = partitions_in_flight(context.instance, worker.name)
-            finished = last_runs(context.instance, worker.name, [p.partition for p in progress])
-            now_progress = group_progress(servers, worker.consumer_group, topic)
+            in_flight = partitions_in_flight(instance, worker.name)
+            finished = last_runs(instance, worker.name, [p.partition for p in progress])
+            now_progress = kept_group_progress(servers, worker.consumer_group, topic)
             return in_flight, now_progress, plan_dispatch(
                 topic,
                 now_progress,
@@ -178,7 +184,7 @@ def build_kafka_worker_sensor(
         while (not plan.runs and in_flight and any(p.lag for p in progress)
                and time.monotonic() < deadline):
             time.sleep(IN_FLIGHT_POLL_SECONDS)
-            if partitions_in_flight(context.instance, worker.name) != in_flight:
+            if partitions_in_flight(instance, worker.name) != in_flight:
                 in_flight, progress, plan = plan_now()
         for planned in plan.redispatched:
             r = planned.range

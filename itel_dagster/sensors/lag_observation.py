@@ -5,7 +5,9 @@ the oldest record Kafka holds); it never reads or commits offsets itself.
 
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 
 import dagster as dg
 
@@ -15,6 +17,9 @@ from itel_dagster.kafka.offsets import PartitionProgress
 # (a tick every 10 s would otherwise add ~8,600 identical events a day per worker).
 UNCHANGED_RECORD_SECONDS = 300.0
 LAG_KEY = "consumer_lag"
+# What this process recorded last, per instance and asset: (figures, time.time()).
+_recorded: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_memory_lock = threading.Lock()
 
 
 def lag_observation(asset_name: str, group: str, topic: str,
@@ -39,13 +44,27 @@ def _figures(metadata) -> dict:
 def worth_recording(instance: dg.DagsterInstance, observation: dg.AssetObservation,
                     now: float | None = None) -> bool:
     """Whether the figures differ from the last recorded lag observation of the asset, or that
-    one is older than UNCHANGED_RECORD_SECONDS."""
-    records = instance.fetch_observations(observation.asset_key, limit=10).records
-    for record in records:
-        last = record.asset_observation
-        if last is None or LAG_KEY not in last.metadata:
-            continue  # another kind of observation of the same asset
-        if (now or time.time()) - record.timestamp >= UNCHANGED_RECORD_SECONDS:
-            return True
-        return _figures(last.metadata) != _figures(observation.metadata)
+    one is older than UNCHANGED_RECORD_SECONDS. A True answer counts as recorded: the event log
+    is read only for an asset this process has not recorded yet (after a code server start), not
+    on every tick."""
+    now = now or time.time()
+    figures = _figures(observation.metadata)
+    with _memory_lock:
+        recorded = _recorded.setdefault(instance, {})
+        last = recorded.get(observation.asset_key)
+    if last is None:
+        last = _last_in_event_log(instance, observation.asset_key)
+    if last is not None and now - last[1] < UNCHANGED_RECORD_SECONDS and last[0] == figures:
+        return False
+    with _memory_lock:
+        recorded[observation.asset_key] = (figures, now)
     return True
+
+
+def _last_in_event_log(instance: dg.DagsterInstance, asset_key: dg.AssetKey):
+    """(figures, timestamp) of the asset's last lag observation, or None."""
+    for record in instance.fetch_observations(asset_key, limit=10).records:
+        last = record.asset_observation
+        if last is not None and LAG_KEY in last.metadata:
+            return _figures(last.metadata), record.timestamp
+    return None  # none, or only other kinds of observation of the same asset

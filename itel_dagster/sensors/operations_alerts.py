@@ -20,7 +20,7 @@ from itel_dagster.alerts.messages import (
     lag_recovered_alert,
 )
 from itel_dagster.alerts.webhook import NOT_CONFIGURED, post_alert
-from itel_dagster.kafka.offsets import group_progress
+from itel_dagster.kafka.offsets import kept_group_progress
 from itel_dagster.resources.circuit_breaker import CLOSED as BREAKER_CLOSED
 from itel_dagster.resources.itel_api import breaker_for
 from itel_dagster.settings.alerts import AlertSettings, load_alert_settings
@@ -68,8 +68,8 @@ def lag_alerts(settings: AlertSettings, cursor: AlertCursor, now: float) -> tupl
     servers = bootstrap_servers()
     for worker in load_workers().values():
         try:
-            progress = group_progress(servers, worker.consumer_group, worker.input_topic,
-                                      timeout=KAFKA_TIMEOUT_SECONDS)
+            progress = kept_group_progress(servers, worker.consumer_group, worker.input_topic,
+                                           timeout=KAFKA_TIMEOUT_SECONDS)
         except Exception as exc:  # noqa: BLE001 - one unreadable group must not hide the rest
             notes.append(f"{worker.name} lag unknown ({type(exc).__name__}: {exc})")
             continue
