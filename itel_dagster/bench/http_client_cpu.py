@@ -8,13 +8,12 @@ threads, in turns. Prints figures; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import os
-import resource
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
+from itel_dagster.bench.process_cpu import cpu_seconds
 from itel_dagster.bench.tracking_run import start_claimx
 from itel_dagster.devstack.claimx_world import FIRST_ASSIGNMENT_ID
 from itel_dagster.devstack.stack import CLAIMX_DEV_TOKEN
@@ -23,23 +22,15 @@ from itel_dagster.resources.api_http_client import ApiHttpClient
 TASK_PATH = "/api/v1/tasks/{}"
 
 
-def _cpu_seconds(pid: int | None = None) -> float:
-    if pid is None:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _measure(get, ids: list[int], threads: int, server_pid: int) -> dict:
-    server, client, began = _cpu_seconds(server_pid), _cpu_seconds(), time.perf_counter()
+    server, client, began = cpu_seconds(server_pid), cpu_seconds(), time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
         statuses = list(pool.map(get, ids))
     wall = time.perf_counter() - began
     if any(status != 200 for status in statuses):
         raise RuntimeError(f"unexpected answers: {sorted(set(statuses))}")
-    return {"client_ms": (_cpu_seconds() - client) / len(ids) * 1000,
-            "server_ms": (_cpu_seconds(server_pid) - server) / len(ids) * 1000,
+    return {"client_ms": (cpu_seconds() - client) / len(ids) * 1000,
+            "server_ms": (cpu_seconds(server_pid) - server) / len(ids) * 1000,
             "per_second": len(ids) / wall}
 
 

@@ -8,13 +8,12 @@ broker CPU and wall time per read; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import os
-import resource
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+from itel_dagster.bench.process_cpu import cpu_seconds
 from itel_dagster.devstack.kafka.broker import LocalKafkaBroker
 from itel_dagster.devstack.kafka.topics import ensure_topics
 from itel_dagster.kafka.offsets import GroupProgressReader, commit_offsets, group_progress
@@ -22,22 +21,14 @@ from itel_dagster.kafka.offsets import GroupProgressReader, commit_offsets, grou
 TOPIC, GROUP = "offsets-cost", "offsets-cost-group"
 
 
-def _cpu_seconds(pid: int | None = None) -> float:
-    if pid is None:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _per_read(read, reads: int, broker_pid: int) -> str:
     read()  # connections and metadata warm
-    broker, client, began = _cpu_seconds(broker_pid), _cpu_seconds(), time.perf_counter()
+    broker, client, began = cpu_seconds(broker_pid), cpu_seconds(), time.perf_counter()
     for _ in range(reads):
         read()
     wall = (time.perf_counter() - began) / reads * 1000
-    return (f"{(_cpu_seconds() - client) / reads * 1000:18.1f} "
-            f"{(_cpu_seconds(broker_pid) - broker) / reads * 1000:18.1f} {wall:10.1f}")
+    return (f"{(cpu_seconds() - client) / reads * 1000:18.1f} "
+            f"{(cpu_seconds(broker_pid) - broker) / reads * 1000:18.1f} {wall:10.1f}")
 
 
 def main() -> None:
