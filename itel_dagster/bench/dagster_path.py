@@ -6,7 +6,7 @@ from.
 The code server is started once, as `dagster dev` (`itel-dagster up`) and a deployment's code
 servers are. A daemon given the python_module workspace would start its own and replace it with a
 new process at every workspace refresh (each 60 s): a fresh import of dagster and the definitions,
-5-8 s of CPU a minute that neither the local stack nor a deployment pays.
+about 3 s of CPU a minute (idle) that neither the local stack nor a deployment pays.
 
 It stops only the process groups it started, and never touches var/dagster_home.
 """
