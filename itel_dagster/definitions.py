@@ -17,7 +17,7 @@ from itel_dagster.resources.claimx_api import ClaimxApiResource
 from itel_dagster.resources.delta_tables import DeltaTablesResource
 from itel_dagster.resources.itel_api import ItelApiResource
 from itel_dagster.resources.kafka import KafkaResource
-from itel_dagster.resources.stage_io_manager import StageIOManager
+from itel_dagster.resources.stage_io_manager import stage_io_manager
 from itel_dagster.sensors.itel_breaker_gate import itel_breaker_gate
 from itel_dagster.sensors.kafka_worker_sensor import build_kafka_worker_sensor
 from itel_dagster.sensors.operations_alerts import itel_operations_alerts
@@ -34,7 +34,7 @@ RESOURCES = {
     "claimx": ClaimxApiResource(),
     "delta": DeltaTablesResource(),
     "itel": ItelApiResource(),
-    STAGE_IO: StageIOManager(),
+    STAGE_IO: stage_io_manager,
 }
 
 defs = dg.Definitions(

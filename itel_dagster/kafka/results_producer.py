@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from confluent_kafka import Producer
 
 
-QUEUE_BUFFER_KBYTES = 16_384  # 16 MiB: eight records of the 2 MB maximum, thousands of usual ones
+QUEUE_BUFFER_KBYTES = 4_096  # 4 MiB: two records of the 2 MB maximum, thousands of usual ones
 
 
 class DeliveryFailed(RuntimeError):

@@ -18,6 +18,9 @@ from itel_dagster.worker_logs import worker_logger
 
 
 MESSAGE_SLICE_ROWS = 1_000
+# Error records carry their original payload (up to the 2 MB record maximum): a slice also stops
+# at this many payload bytes, so a run with large bad records never encodes them all at once.
+MESSAGE_SLICE_BYTES = 2_000_000
 
 
 def success_messages(successes: pl.DataFrame) -> list[tuple[bytes | None, bytes]]:
@@ -29,11 +32,28 @@ def success_messages(successes: pl.DataFrame) -> list[tuple[bytes | None, bytes]
     return [(key.encode() if key else None, line.encode()) for key, line in zip(keys, lines)]
 
 
-def in_slices(frame: pl.DataFrame, messages, rows: int = MESSAGE_SLICE_ROWS):
+def slice_bounds(frame: pl.DataFrame, rows: int = MESSAGE_SLICE_ROWS,
+                 sized_by: str | None = None,
+                 max_bytes: int = MESSAGE_SLICE_BYTES) -> list[tuple[int, int]]:
+    """(offset, length) of consecutive slices of at most `rows` rows; with `sized_by`, a slice
+    also holds rows starting within one `max_bytes` stretch of that column's bytes (so at most
+    max_bytes plus its last row's)."""
+    index = pl.int_range(pl.len(), dtype=pl.Int64)
+    slice_id = index // rows
+    if sized_by is not None:
+        size = pl.col(sized_by).str.len_bytes().fill_null(0).cast(pl.Int64)
+        bytes_before = size.cum_sum() - size
+        slice_id = (bytes_before // max_bytes) * (frame.height // rows + 1) + slice_id
+    lengths = frame.select(slice_id.rle().struct.field("len"))["len"]
+    return list(zip((lengths.cum_sum() - lengths).to_list(), lengths.to_list()))
+
+
+def in_slices(frame: pl.DataFrame, messages, rows: int = MESSAGE_SLICE_ROWS,
+              sized_by: str | None = None, max_bytes: int = MESSAGE_SLICE_BYTES):
     """The messages of `frame`, encoded a slice at a time: a run never holds every encoded
     message at once (the producer's own buffer is bounded too, see ResultsProducer)."""
-    for chunk in frame.iter_slices(rows):
-        yield from messages(chunk)
+    for offset, length in slice_bounds(frame, rows, sized_by, max_bytes):
+        yield from messages(frame.slice(offset, length))
 
 
 # A plain output: it is the assets' output, so backfill jobs need no in-memory IO manager.
@@ -61,7 +81,8 @@ def publish_results_and_commit(
     producer = kafka.results_producer(client_id=f"{settings.name}-results")
     producer.send(settings.success_topic, in_slices(batch.rows, success_messages))
     if errors is not None:
-        producer.send(settings.error_topic, in_slices(errors, error_record_messages))
+        producer.send(settings.error_topic,
+                      in_slices(errors, error_record_messages, sized_by="original_payload"))
     producer.flush()
     held_back = batch.commit_before or {}
     commit_to = {r.partition: min(r.end, held_back.get(r.partition, r.end))
