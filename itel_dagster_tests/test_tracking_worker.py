@@ -75,6 +75,7 @@ def test_thousand_events_with_bad_records_land_exactly_once(pipeline):
     assert sum(m["delta_inserted"].value for m in metadata) == len(valid)
     assert all({"kafka_range", "duration_seconds", "delta_version", "enrichment_enriched"} <= set(m)
                for m in metadata if m["succeeded"].value)
+    assert all(m["peak_rss_mb"].value > 50 for m in metadata)  # the run process's own peak
     log = (pipeline.root / "logs" / "tracking_worker.log").read_text()
     assert "committed" in log and "invalid records go to" in log
 

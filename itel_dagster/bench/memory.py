@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from itel_dagster.metrics.process_memory import peak_rss_kb
+
 DAEMON, CODE_SERVER, RUN, FORK_SERVER, OTHER = (
     "daemon", "code_server", "run", "fork_server", "other")
 
@@ -34,16 +36,6 @@ def _stat_ppid(pid: int) -> int | None:
         return None
     # The command name may hold spaces and parentheses: fields start after the last ')'.
     return int(text[text.rindex(")") + 2:].split()[1])
-
-
-def _vm_hwm_kb(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def _role(pid: int, root: int, code_server: int | None = None) -> str:
@@ -113,7 +105,7 @@ class MemorySampler:
         if self.code_server_pid is not None:
             pids |= descendants(self.code_server_pid)
         for pid in pids:
-            hwm = _vm_hwm_kb(pid)
+            hwm = peak_rss_kb(pid)
             if hwm is None:
                 continue
             with self._lock:

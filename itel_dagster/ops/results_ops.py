@@ -11,6 +11,7 @@ import dagster as dg
 import polars as pl
 
 from itel_dagster.metrics.pipeline_metrics import record_batch_metrics
+from itel_dagster.metrics.process_memory import peak_rss_mb
 from itel_dagster.ops.stage_batch import StageBatch
 from itel_dagster.resources.kafka import KafkaResource
 from itel_dagster.stages.error_records import error_record_messages
@@ -54,6 +55,12 @@ def in_slices(frame: pl.DataFrame, messages, rows: int = MESSAGE_SLICE_ROWS,
     message at once (the producer's own buffer is bounded too, see ResultsProducer)."""
     for offset, length in slice_bounds(frame, rows, sized_by, max_bytes):
         yield from messages(frame.slice(offset, length))
+
+
+def _peak_memory() -> dict:
+    """The run process's peak RSS so far (where /proc tells it): near its end, the run's peak."""
+    mb = peak_rss_mb()
+    return {} if mb is None else {"peak_rss_mb": mb}
 
 
 # A plain output: it is the assets' output, so backfill jobs need no in-memory IO manager.
@@ -100,6 +107,7 @@ def publish_results_and_commit(
         "commit_moved": bool(committed),
         "missing_offsets": batch.missing_offsets,
         "duration_seconds": round(time.monotonic() - batch.started_at, 3),
+        **_peak_memory(),
         **{k: v for k, v in batch.counts.items()
            if k != "read" and not k.startswith("failed_stage_")},
     }
@@ -137,6 +145,7 @@ def _finish_backfill(context: dg.OpExecutionContext, batch: StageBatch, error_co
         "already_handled": batch.already_handled,
         "missing_offsets": batch.missing_offsets,
         "duration_seconds": round(time.monotonic() - batch.started_at, 3),
+        **_peak_memory(),
         **{k: v for k, v in batch.counts.items() if k != "read"},
     }
     worker_logger(settings).info("backfill %s: %d records, %d succeeded, %d failed", batch.source,

@@ -1,0 +1,27 @@
+"""A process's peak RSS (VmHWM), as runs report it in their metadata and the bench reads it."""
+
+import subprocess
+import sys
+
+from itel_dagster.metrics.process_memory import peak_rss_kb, peak_rss_mb
+
+
+def test_the_peak_stays_after_the_memory_is_freed():
+    before = peak_rss_kb()
+    block = bytearray(120 * 1024 * 1024)  # touched: bytearray zero-fills it
+    del block
+
+    assert peak_rss_kb() - before > 100 * 1024
+    assert peak_rss_mb() == round(peak_rss_kb() / 1024, 1)
+
+
+def test_another_process_and_a_gone_one():
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; print('up', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout.readline() == b"up\n"  # the interpreter is loaded
+        assert peak_rss_kb(child.pid) > 1024
+    finally:
+        child.communicate(b"")
+    assert peak_rss_kb(child.pid) is None
