@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+from datetime import datetime, timezone
 
 import dagster as dg
 import pytest
@@ -60,11 +61,13 @@ def set_alerts(config_dir, **changes) -> None:
 
 
 def failed_tracking_runs(pipeline, monkeypatch, count=12, seed=51):
-    """Runs of the tracking worker that fail because the Delta root cannot be created."""
+    """Runs of the tracking worker that fail because the Delta root cannot be created: at least
+    two, one per UTC day (the records span the two whole days before today, whatever the hour)."""
     blocker = pipeline.root / "not-a-directory"
     blocker.write_text("a file where the Delta root should be")
     monkeypatch.setenv("ITEL_DELTA_ROOT", str(blocker / "delta"))
-    pipeline.produce(list(generate_records(count=count, seed=seed, days=1)))
+    midnight = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    pipeline.produce(list(generate_records(count=count, seed=seed, days=2, now=midnight)))
     results = pipeline.drain(TRACKING)
     assert results and not any(r.success for r in results)
     return results

@@ -29,7 +29,7 @@ TRACKING = "itel_cabinet_tracking_worker"
 
 
 def test_a_run_that_finishes_during_a_tick_is_not_dispatched_again(pipeline, monkeypatch):
-    pipeline.produce(generate_records(count=40, seed=81, days=0.1))
+    pipeline.produce(_recent_records(40, seed=81))  # one UTC day: the tick dispatches them all
     pending = list(pipeline.tick(TRACKING).run_requests)
     assert pending
     read_states = kafka_worker_sensor.partitions_in_flight

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -206,3 +207,20 @@ def run_facts(instance: dg.DagsterInstance, worker: str) -> list[RunFacts]:
             started_at=record.start_time, ended_at=record.end_time,
             pid=int(tags[RUN_PID_TAG]) if tags.get(RUN_PID_TAG) else None))
     return facts
+
+
+def between_runs(runs: list[RunFacts]) -> dict[str, float | None]:
+    """Medians over a worker's consecutive runs (one lane: one after the other): seconds from a
+    run's end to the sensor's request of the next, and from that request to the next run's start
+    (the queue and the launch). None with fewer than two finished runs."""
+    ordered = sorted((r for r in runs if r.started_at is not None and r.ended_at is not None),
+                     key=lambda r: r.created_at)
+    pairs = list(zip(ordered, ordered[1:]))
+    to_request = [following.created_at - previous.ended_at for previous, following in pairs]
+    to_start = [following.started_at - following.created_at for _, following in pairs]
+    return {
+        "end_to_next_request_median_seconds":
+            round(statistics.median(to_request), 3) if to_request else None,
+        "request_to_start_median_seconds":
+            round(statistics.median(to_start), 3) if to_start else None,
+    }

@@ -117,6 +117,10 @@ def table(doc: dict) -> str:
         ("catch-up runs (failed)", *(
             f"{_fmt(_get(f, 'catch_up', w, 'runs'))} ({_fmt(_get(f, 'catch_up', w, 'failed_runs'))})"
             for w in WORKERS)),
+        ("between runs: end->request (s)", *(
+            _fmt(_get(f, "catch_up", w, "end_to_next_request_median_seconds")) for w in WORKERS)),
+        ("between runs: request->start (s)", *(
+            _fmt(_get(f, "catch_up", w, "request_to_start_median_seconds")) for w in WORKERS)),
         ("latency p50 (s)", *(_fmt(_get(f, "latency", w, "p50_seconds")) for w in WORKERS)),
         ("latency p95 (s)", *(_fmt(_get(f, "latency", w, "p95_seconds")) for w in WORKERS)),
         ("latency max (s)", *(_fmt(_get(f, "latency", w, "max_seconds")) for w in WORKERS)),

@@ -22,7 +22,12 @@ from tqdm import tqdm
 
 from itel_dagster.bench.claimx_bound import requests_bound
 from itel_dagster.bench.correctness import Check, check_all, read_table
-from itel_dagster.bench.dagster_path import DagsterDaemon, run_facts, wait_until_caught_up
+from itel_dagster.bench.dagster_path import (
+    DagsterDaemon,
+    between_runs,
+    run_facts,
+    wait_until_caught_up,
+)
 from itel_dagster.bench.ground_truth import end_offsets, read_input
 from itel_dagster.bench.in_process import in_process_settings, run_in_process
 from itel_dagster.bench.latency import itel_latencies, percentiles, tracking_latencies
@@ -118,6 +123,7 @@ def _phase_catch_up(run: BenchRun, stack: BenchStack, daemon: DagsterDaemon,
             "largest_run_records": max((r.records for r in runs), default=0),
             "daemon_start_to_first_run_seconds":
                 round(first - daemon.started_at, 3) if first else None,
+            **between_runs(runs),
         }
     run.figures["catch_up"] = catch_up
     all_runs = [r for w in workers for r in run_facts(instance, w.name)]
