@@ -107,11 +107,20 @@ def test_a_retried_step_still_finds_its_input():
     assert _stored_steps(manager) == {"add_up"}
 
 
-def test_each_run_gets_its_own_manager():
+def test_each_run_gets_its_own_manager_emptied_when_the_run_ends():
+    managers = []
+
+    @dg.op(out=dg.Out(io_manager_key="stage_io"), required_resource_keys={"stage_io"})
+    def note_manager(context: dg.OpExecutionContext, rows: list[int]) -> list[int]:
+        managers.append(context.resources.stage_io)
+        return rows
+
     @dg.job(resource_defs={"stage_io": stage_io_manager}, executor_def=dg.in_process_executor)
     def per_run_job():
-        double(make_rows())
+        double(note_manager(make_rows()))
 
     first, second = per_run_job.execute_in_process(), per_run_job.execute_in_process()
 
     assert first.output_for_node("double") == second.output_for_node("double") == [0, 2, 4, 6, 8]
+    assert len(managers) == 2 and managers[0] is not managers[1]
+    assert all(isinstance(m, StageIOManager) and m.values == {} for m in managers)
