@@ -2,7 +2,8 @@
 
 A thread polls the process trees under the daemon and the code server and keeps each process's
 VmHWM (its peak RSS so far, which the kernel keeps). A run that grows and exits between two polls
-shows the peak of its last poll, so polls are frequent. It only reads /proc; it never signals a process.
+shows the peak of its last poll, so polls are frequent. It only reads /proc; it never signals a
+process.
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ class MemorySampler:
             with self._lock:
                 peak = self.peaks.get(pid)
                 if peak is None:
-                    peak = self.peaks[pid] = ProcessPeak(pid, _role(pid, self.root_pid, self.code_server_pid),
+                    role = _role(pid, self.root_pid, self.code_server_pid)
+                    peak = self.peaks[pid] = ProcessPeak(pid, role,
                                                          parent=_stat_ppid(pid),
                                                          first_seen=time.time())
                 peak.peak_kb = max(peak.peak_kb, hwm)

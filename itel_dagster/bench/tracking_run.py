@@ -24,17 +24,10 @@ from confluent_kafka import Producer
 from itel_dagster.devstack.kafka.broker import LocalKafkaBroker
 from itel_dagster.devstack.kafka.topics import ensure_topics, pipeline_topics
 from itel_dagster.devstack.publisher.events import generate_records
+from itel_dagster.metrics.process_memory import peak_rss_mb
 from itel_dagster.sensors.dispatch_plan import KafkaRange, PlannedRange, PlannedRun
 from itel_dagster.sensors.kafka_worker_sensor import partition_key_for, range_run_config, run_tags
 from itel_dagster.settings.workers import TRACKING_WORKER, load_workers
-
-
-def peak_rss_mb() -> float:
-    """VmHWM of this process (imports, the run, and the run's in-memory outputs)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def publish_one_day(bootstrap: str, topic: str, count: int) -> date:
@@ -130,7 +123,7 @@ def main() -> None:
         print(f"  {'run wall time':<32}{wall:>9.3f} s")
         print(f"  {'records per second':<32}{args.records / wall:>9.0f}")
         print(f"  {'ClaimX requests per event':<32}{gets / args.records:>9.3f}")
-        print(f"  {'peak RSS of this process':<32}{peak_rss_mb():>9.0f} MB")
+        print(f"  {'peak RSS of this process':<32}{peak_rss_mb() or float('nan'):>9.0f} MB")
     finally:
         claimx.terminate()
         claimx.wait(10)
