@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from itel_dagster.settings.paths import PROJECT_ROOT
 
 WORKER_FIGURES = [
@@ -44,6 +46,14 @@ def test_smoke_bench_reports_every_figure_and_loses_nothing(kafka_bootstrap, tmp
             value = figures[section][worker][name]
             assert isinstance(value, (int, float)) and value >= 0, (section, worker, name, value)
         assert figures["catch_up"][worker]["failed_runs"] == 0
+        # How the cores were shared until the group got to lag 0 (CPU seconds by process kind).
+        cpu = figures["catch_up"][worker]["cpu_seconds"]
+        for kind in ("tracking_runs", "api_runs", "daemon", "code_server"):
+            assert cpu[kind] > 0, (worker, kind, cpu)
+        for kind in ("claimx_simulator", "itel_simulator", "bench"):  # followed, maybe idle
+            assert cpu[kind] >= 0, (worker, kind, cpu)
+        assert cpu["available"] == pytest.approx(
+            figures["catch_up"][worker]["seconds"] * doc["machine"]["cores"], abs=0.2)
         assert figures["latency"][worker]["events"] > 0
     for name in ("largest_run_process", "daemon", "code_server", "fork_server"):
         assert figures["memory_mb"][name] > 0, name

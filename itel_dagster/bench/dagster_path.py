@@ -137,9 +137,10 @@ class DagsterDaemon:
 
 def wait_until_caught_up(bootstrap: str, workers: list[WorkerSettings], targets: dict[int, int],
                          timeout: float, on_progress=lambda done: None,
-                         check=lambda: None) -> dict[str, float]:
+                         check=lambda: None, on_reached=lambda worker: None) -> dict[str, float]:
     """Poll both groups until each committed `targets` (partition -> offset) on every partition;
-    worker -> time.time() it got there. on_progress(records committed so far, both groups)."""
+    worker -> time.time() it got there. on_progress(records committed so far, both groups);
+    on_reached(worker name) as soon as that worker's group got there."""
     reached: dict[str, float] = {}
     deadline = time.monotonic() + timeout
     # One kept consumer per group: the observer must not load the broker it measures.
@@ -154,6 +155,7 @@ def wait_until_caught_up(bootstrap: str, workers: list[WorkerSettings], targets:
                 if worker.name not in reached and all(committed.get(p, 0) >= end
                                                       for p, end in targets.items()):
                     reached[worker.name] = time.time()
+                    on_reached(worker.name)
             on_progress(done)
             if len(reached) == len(workers):
                 return reached

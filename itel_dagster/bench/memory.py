@@ -39,7 +39,7 @@ def _stat_ppid(pid: int) -> int | None:
     return int(text[text.rindex(")") + 2:].split()[1])
 
 
-def _role(pid: int, root: int, code_server: int | None = None) -> str:
+def process_role(pid: int, root: int, code_server: int | None = None) -> str:
     if pid == root:
         return DAEMON
     if pid == code_server:
@@ -112,7 +112,7 @@ class MemorySampler:
             with self._lock:
                 peak = self.peaks.get(pid)
                 if peak is None:
-                    role = _role(pid, self.root_pid, self.code_server_pid)
+                    role = process_role(pid, self.root_pid, self.code_server_pid)
                     peak = self.peaks[pid] = ProcessPeak(pid, role,
                                                          parent=_stat_ppid(pid),
                                                          first_seen=time.time())

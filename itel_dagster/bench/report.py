@@ -105,6 +105,26 @@ def _fmt(value, unit: str = "") -> str:
     return f"{text}{unit}"
 
 
+# How the cores were shared until each group got to lag 0 (figures.catch_up.<w>.cpu_seconds).
+CPU_ROWS = [
+    ("tracking runs", ("tracking_runs",)),
+    ("api runs", ("api_runs",)),
+    ("other runs", ("other_runs",)),
+    ("simulators", ("claimx_simulator", "itel_simulator")),
+    ("daemon+code+warm", ("daemon", "code_server", "fork_server")),
+    ("broker", ("broker",)),
+    ("bench and other", ("bench", "other")),
+    ("available (cores x s)", ("available",)),
+]
+
+
+def _cpu(figures: dict, worker: str, *kinds: str) -> float | None:
+    shares = _get(figures, "catch_up", worker, "cpu_seconds")
+    if not shares or not any(kind in shares for kind in kinds):
+        return None
+    return round(sum(shares.get(kind, 0.0) for kind in kinds), 1)
+
+
 def table(doc: dict) -> str:
     f = doc["figures"]
     rows = [
@@ -121,6 +141,8 @@ def table(doc: dict) -> str:
             _fmt(_get(f, "catch_up", w, "end_to_next_request_median_seconds")) for w in WORKERS)),
         ("between runs: request->start (s)", *(
             _fmt(_get(f, "catch_up", w, "request_to_start_median_seconds")) for w in WORKERS)),
+        *((f"CPU s to lag 0: {label}", *(_fmt(_cpu(f, w, *kinds)) for w in WORKERS))
+          for label, kinds in CPU_ROWS),
         ("latency p50 (s)", *(_fmt(_get(f, "latency", w, "p50_seconds")) for w in WORKERS)),
         ("latency p95 (s)", *(_fmt(_get(f, "latency", w, "p95_seconds")) for w in WORKERS)),
         ("latency max (s)", *(_fmt(_get(f, "latency", w, "max_seconds")) for w in WORKERS)),

@@ -49,7 +49,8 @@ class BenchStack:
     itel_url: str = ""
     suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     _broker: LocalKafkaBroker | None = None
-    _simulators: list[subprocess.Popen] = field(default_factory=list)
+    _broker_pid: int | None = None
+    _simulators: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
     def config_dir(self) -> Path:
@@ -81,7 +82,8 @@ class BenchStack:
         self.bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
         if not self.bootstrap:
             self._broker = LocalKafkaBroker(self.work / "kafka", port=0, partitions=PARTITIONS)
-            self.bootstrap = self._broker.start().bootstrap_servers
+            status = self._broker.start()
+            self.bootstrap, self._broker_pid = status.bootstrap_servers, status.pid
         self.claimx_url = self._start_simulator("claimx")
         self.itel_url = self._start_simulator("itel")
         self._write_config()
@@ -98,7 +100,7 @@ class BenchStack:
             [sys.executable, "-m", "itel_dagster.cli", "simulators", "run",
              "--claimx-port", ports["claimx"], "--itel-port", ports["itel"]],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        self._simulators.append(process)
+        self._simulators[which] = process
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while True:
@@ -142,11 +144,18 @@ class BenchStack:
     def itel_requests(self) -> list[dict]:
         return httpx.get(f"{self.itel_url}/_admin/requests", timeout=120).json()
 
+    def processes(self) -> dict[int, str]:
+        """pid -> role of the stack's own processes: each simulator and the broker it started."""
+        roles = {p.pid: f"{which}_simulator" for which, p in self._simulators.items()}
+        if self._broker_pid is not None:
+            roles[self._broker_pid] = "broker"
+        return roles
+
     def stop(self) -> None:
-        for process in self._simulators:
+        for process in self._simulators.values():
             if process.poll() is None:
                 process.terminate()
-        for process in self._simulators:
+        for process in self._simulators.values():
             try:
                 process.wait(10)
             except subprocess.TimeoutExpired:

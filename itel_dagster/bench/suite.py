@@ -8,6 +8,7 @@ the result a failure, never a figure.
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import tempfile
@@ -22,6 +23,7 @@ from tqdm import tqdm
 
 from itel_dagster.bench.claimx_bound import requests_bound
 from itel_dagster.bench.correctness import Check, check_all, read_table
+from itel_dagster.bench.cpu_shares import CpuSampler, cpu_shares
 from itel_dagster.bench.dagster_path import (
     DagsterDaemon,
     between_runs,
@@ -103,12 +105,21 @@ def _phase_in_process(run: BenchRun, stack: BenchStack, backlog, workers) -> Non
 def _phase_catch_up(run: BenchRun, stack: BenchStack, daemon: DagsterDaemon,
                     sampler: MemorySampler, targets: dict[int, int], workers) -> None:
     total = sum(targets.values())
-    with _bar(run.options, 2 * total, "dagster catch-up (both groups)") as bar:
-        reached = wait_until_caught_up(
-            stack.bootstrap, workers, targets, run.options.catch_up_timeout,
-            on_progress=lambda done: bar.update(done - bar.n), check=daemon.check_alive)
+    cpu = CpuSampler(daemon.started_at, daemon.process.pid, daemon.code_server.pid,
+                     {**stack.processes(), os.getpid(): "bench"}).start()
+    cpu_at_lag_0 = {}  # worker -> CPU seconds of each process when its group got to lag 0
+    try:
+        with _bar(run.options, 2 * total, "dagster catch-up (both groups)") as bar:
+            reached = wait_until_caught_up(
+                stack.bootstrap, workers, targets, run.options.catch_up_timeout,
+                on_progress=lambda done: bar.update(done - bar.n), check=daemon.check_alive,
+                on_reached=lambda worker: cpu_at_lag_0.update({worker: cpu.used()}))
+    finally:
+        cpu.stop()
     sampler.sample()
     instance = daemon.instance()
+    all_runs = [r for w in workers for r in run_facts(instance, w.name)]
+    run_workers = {r.pid: SHORT[r.worker] for r in all_runs if r.pid is not None}
     catch_up = {}
     for worker in workers:
         runs = run_facts(instance, worker.name)
@@ -124,9 +135,11 @@ def _phase_catch_up(run: BenchRun, stack: BenchStack, daemon: DagsterDaemon,
             "daemon_start_to_first_run_seconds":
                 round(first - daemon.started_at, 3) if first else None,
             **between_runs(runs),
+            # From the daemon's start until this group got to lag 0 (bench/cpu_shares.py).
+            "cpu_seconds": cpu_shares(cpu_at_lag_0[worker.name], run_workers, seconds,
+                                      os.cpu_count() or 1),
         }
     run.figures["catch_up"] = catch_up
-    all_runs = [r for w in workers for r in run_facts(instance, w.name)]
     worker_pids = {r.pid for r in all_runs if r.pid is not None}
     others = other_runs(instance, sampler, exclude=worker_pids)
     run.figures["memory_mb"] = {
