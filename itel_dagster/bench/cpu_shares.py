@@ -75,10 +75,8 @@ class CpuSampler:
             self.sample()
 
     def sample(self) -> None:
-        tree = descendants(self.daemon_pid)
-        if self.code_server_pid is not None:
-            tree |= descendants(self.code_server_pid)
-        for pid in tree | set(self.named):
+        roots = [p for p in (self.daemon_pid, self.code_server_pid) if p is not None]
+        for pid in descendants(*roots) | set(self.named):
             found = _cpu_and_start(pid, self._boot_time)
             if found is None:
                 continue

@@ -66,14 +66,15 @@ def process_role(pid: int, root: int, code_server: int | None = None) -> str:
     return OTHER
 
 
-def descendants(root: int) -> set[int]:
+def descendants(*roots: int) -> set[int]:
+    """The roots and every process under them, from one pass over /proc."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             parent = _stat_ppid(int(entry))
             if parent is not None:
                 children.setdefault(parent, []).append(int(entry))
-    found, todo = set(), [root]
+    found, todo = set(), list(roots)
     while todo:
         pid = todo.pop()
         found.add(pid)
@@ -102,9 +103,8 @@ class MemorySampler:
             self._stop.wait(self.interval_seconds)
 
     def sample(self) -> None:
-        pids = descendants(self.root_pid)
-        if self.code_server_pid is not None:
-            pids |= descendants(self.code_server_pid)
+        roots = [p for p in (self.root_pid, self.code_server_pid) if p is not None]
+        pids = descendants(*roots)
         for pid in pids:
             hwm = peak_rss_kb(pid)
             if hwm is None:
