@@ -13,15 +13,12 @@ after the last one, so the runs' figures are lower bounds, by at most one poll e
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from itel_dagster.bench.memory import RUN, descendants, process_role
-
-_TICKS = os.sysconf("SC_CLK_TCK")
-
+from itel_dagster.bench.process_cpu import TICKS_PER_SECOND, stat_cpu_seconds, stat_fields
 
 def _boot_time() -> float:
     for line in Path("/proc/stat").read_text().splitlines():
@@ -32,13 +29,10 @@ def _boot_time() -> float:
 
 def _cpu_and_start(pid: int, boot_time: float) -> tuple[float, float] | None:
     """(CPU seconds used, epoch seconds it started at), or None when it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    fields = stat_fields(pid)
+    if fields is None:
         return None
-    # The command name may hold spaces and parentheses: fields start after the last ')'.
-    fields = text[text.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS, boot_time + int(fields[19]) / _TICKS
+    return stat_cpu_seconds(fields), boot_time + int(fields[19]) / TICKS_PER_SECOND
 
 
 @dataclass

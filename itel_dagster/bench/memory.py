@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from itel_dagster.bench.process_cpu import stat_fields
 from itel_dagster.metrics.process_memory import peak_rss_kb
 
 DAEMON, CODE_SERVER, RUN, FORK_SERVER, OTHER = (
@@ -31,12 +32,8 @@ class ProcessPeak:
 
 
 def _stat_ppid(pid: int) -> int | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name may hold spaces and parentheses: fields start after the last ')'.
-    return int(text[text.rindex(")") + 2:].split()[1])
+    fields = stat_fields(pid)
+    return int(fields[1]) if fields else None
 
 
 def process_role(pid: int, root: int, code_server: int | None = None) -> str:

@@ -12,28 +12,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from itel_dagster.bench.cpu_shares import CpuSampler, cpu_shares
-from itel_dagster.bench.dagster_path import (
-    DagsterDaemon,
-    between_runs,
-    run_facts,
-    wait_until_caught_up,
-)
+from itel_dagster.bench.dagster_path import DagsterDaemon, run_facts, wait_until_caught_up
 from itel_dagster.bench.ground_truth import end_offsets
 from itel_dagster.bench.in_process import run_in_process
 from itel_dagster.bench.stack import BenchStack, StackChoices
+from itel_dagster.bench.suite import SHORT, catch_up_figures, stack_cpu_sampler
 from itel_dagster.devstack.publisher.publish import publish_events
 from itel_dagster.kafka.offsets import commit_offsets
 from itel_dagster.settings.paths import PROJECT_ROOT
-from itel_dagster.settings.workers import API_WORKER, TRACKING_WORKER, load_workers
+from itel_dagster.settings.workers import load_workers
 
-WORKERS = {"tracking": TRACKING_WORKER, "api": API_WORKER}
-SHORT = {name: short for short, name in WORKERS.items()}
+WORKERS = {short: name for name, short in SHORT.items()}
 
 
 def solo_catch_up(work: Path, worker: str, events: int, in_process: bool,
@@ -67,8 +60,7 @@ def solo_catch_up(work: Path, worker: str, events: int, in_process: bool,
         daemon = DagsterDaemon(work / "dagster_home", stack.env(), dagster_yaml,
                                work / "logs/dagster_daemon.log")
         daemon.start()
-        cpu = CpuSampler(daemon.started_at, daemon.process.pid, daemon.code_server.pid,
-                         {**stack.processes(), os.getpid(): "bench"}).start()
+        cpu = stack_cpu_sampler(stack, daemon)
         at_lag_0: dict[str, dict] = {}
         try:
             reached = wait_until_caught_up(
@@ -80,19 +72,10 @@ def solo_catch_up(work: Path, worker: str, events: int, in_process: bool,
         runs = {name: run_facts(instance, name) for name in WORKERS.values()}
         run_workers = {r.pid: SHORT[name] for name, facts in runs.items() for r in facts if r.pid}
         for s in chosen:
-            seconds = reached[s.name] - daemon.started_at
-            per_second = sum(target.values()) / seconds
             limit = figures[SHORT[s.name]].get("in_process_events_per_second")
-            figures[SHORT[s.name]].update({
-                "seconds": round(seconds, 1),
-                "events_per_second": round(per_second, 1),
-                "ratio_to_in_process": round(per_second / limit, 3) if limit else None,
-                "runs": len(runs[s.name]),
-                "failed_runs": sum(r.status == "FAILURE" for r in runs[s.name]),
-                **between_runs(runs[s.name]),
-                "cpu_seconds": cpu_shares(at_lag_0[s.name], run_workers, seconds,
-                                          os.cpu_count() or 1),
-            })
+            figures[SHORT[s.name]].update(catch_up_figures(
+                runs[s.name], reached[s.name] - daemon.started_at, sum(target.values()), limit,
+                at_lag_0[s.name], run_workers))
         return {"worker": worker, "events": sum(target.values()),
                 "runs_by_worker": {SHORT[name]: len(facts) for name, facts in runs.items()},
                 "figures": figures}

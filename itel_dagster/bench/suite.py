@@ -26,6 +26,7 @@ from itel_dagster.bench.correctness import Check, check_all, read_table
 from itel_dagster.bench.cpu_shares import CpuSampler, cpu_shares
 from itel_dagster.bench.dagster_path import (
     DagsterDaemon,
+    RunFacts,
     between_runs,
     run_facts,
     wait_until_caught_up,
@@ -102,11 +103,31 @@ def _phase_in_process(run: BenchRun, stack: BenchStack, backlog, workers) -> Non
     run.checks += [Check(f"in-process: {c.name}", c.passed, c.detail) for c in checks]
 
 
+def stack_cpu_sampler(stack: BenchStack, daemon: DagsterDaemon) -> CpuSampler:
+    """CPU seconds from the daemon's start: its process trees, the stack's processes, the bench."""
+    return CpuSampler(daemon.started_at, daemon.process.pid, daemon.code_server.pid,
+                      {**stack.processes(), os.getpid(): "bench"}).start()
+
+
+def catch_up_figures(runs: list[RunFacts], seconds: float, events: int, limit: float | None,
+                     cpu_used: dict, run_workers: dict[int, str]) -> dict:
+    """One worker's catch-up: `events` in `seconds` from the daemon's start to lag 0 over its
+    `runs`; limit: its in-process events/s; cpu_used: CpuSampler.used() when it got there."""
+    per_second = events / seconds
+    return {
+        "seconds": round(seconds, 3), "events_per_second": round(per_second, 1),
+        "ratio_to_in_process": round(per_second / limit, 3) if limit else None,
+        "runs": len(runs), "failed_runs": sum(r.status == "FAILURE" for r in runs),
+        **between_runs(runs),
+        # From the daemon's start until this group got to lag 0 (bench/cpu_shares.py).
+        "cpu_seconds": cpu_shares(cpu_used, run_workers, seconds, os.cpu_count() or 1),
+    }
+
+
 def _phase_catch_up(run: BenchRun, stack: BenchStack, daemon: DagsterDaemon,
                     sampler: MemorySampler, targets: dict[int, int], workers) -> None:
     total = sum(targets.values())
-    cpu = CpuSampler(daemon.started_at, daemon.process.pid, daemon.code_server.pid,
-                     {**stack.processes(), os.getpid(): "bench"}).start()
+    cpu = stack_cpu_sampler(stack, daemon)
     cpu_at_lag_0 = {}  # worker -> CPU seconds of each process when its group got to lag 0
     try:
         with _bar(run.options, 2 * total, "dagster catch-up (both groups)") as bar:
@@ -123,21 +144,14 @@ def _phase_catch_up(run: BenchRun, stack: BenchStack, daemon: DagsterDaemon,
     catch_up = {}
     for worker in workers:
         runs = run_facts(instance, worker.name)
-        seconds = reached[worker.name] - daemon.started_at
         first = min((r.started_at for r in runs if r.started_at), default=None)
-        per_second = total / seconds
         limit = run.figures["in_process"][SHORT[worker.name]]["events_per_second"]
         catch_up[SHORT[worker.name]] = {
-            "seconds": round(seconds, 3), "events_per_second": round(per_second, 1),
-            "ratio_to_in_process": round(per_second / limit, 3) if limit else None,
-            "runs": len(runs), "failed_runs": sum(r.status == "FAILURE" for r in runs),
+            **catch_up_figures(runs, reached[worker.name] - daemon.started_at, total, limit,
+                               cpu_at_lag_0[worker.name], run_workers),
             "largest_run_records": max((r.records for r in runs), default=0),
             "daemon_start_to_first_run_seconds":
                 round(first - daemon.started_at, 3) if first else None,
-            **between_runs(runs),
-            # From the daemon's start until this group got to lag 0 (bench/cpu_shares.py).
-            "cpu_seconds": cpu_shares(cpu_at_lag_0[worker.name], run_workers, seconds,
-                                      os.cpu_count() or 1),
         }
     run.figures["catch_up"] = catch_up
     worker_pids = {r.pid for r in all_runs if r.pid is not None}
