@@ -21,10 +21,12 @@ def never(partition: int, ms: int):
 
 
 def plan(progress, last=None, in_flight=(), max_records=1000, ts=one_day, first=never, now=0.0,
-         lanes=3):
-    # lanes=3 with partitions 0-2: one range per run, each partition on its own.
+         lanes=3, isolate_after=99):
+    # lanes=3 with partitions 0-2: one range per run, each partition on its own. Poison
+    # isolation is off unless a test sets isolate_after.
     return plan_dispatch("t", progress, last or {}, set(in_flight), max_records, ts, first,
-                         now=now, retry_pause_seconds=30, max_attempts=3, lanes=lanes)
+                         now=now, retry_pause_seconds=30, max_attempts=3, lanes=lanes,
+                         isolate_after=isolate_after)
 
 
 def spans(result):
@@ -153,3 +155,99 @@ def test_a_run_of_several_ranges_takes_the_highest_attempt_into_its_key():
     assert [(r.range.partition, r.attempt, r.failures_before) for r in run.ranges] == \
         [(0, 3, 2), (1, 1, 0)]
     assert run.run_key("w") == "w:t:0:10-60,1:40-50:attempt-3"
+
+
+# Poison isolation: a range that failed isolate_after runs is halved until its bad record is found.
+
+def failed(start, end, failures_before=1, **isolation):
+    return LastRun(start, end, attempt=failures_before + 1, failed=True,
+                   failures_before=failures_before, ended_at=1000, run_id="run-f", **isolation)
+
+
+def succeeded(start, end, **isolation):
+    return LastRun(start, end, attempt=5, failed=False, failures_before=0, ended_at=1000,
+                   run_id="run-s", **isolation)
+
+
+def isolation_of(result):
+    return [(r.range.partition, r.range.start, r.range.end, r.suspect_end, r.dead_letter)
+            for run in result.runs for r in run.ranges]
+
+
+def test_a_range_failing_again_after_its_pause_is_halved_at_once_without_another_pause():
+    first_failure = {0: failed(0, 100, failures_before=0)}
+    assert plan([PartitionProgress(0, 0, 0, 100)], last=first_failure, now=1001,
+                isolate_after=2).waiting == {0: 29}
+    result = plan([PartitionProgress(0, 0, 0, 100)], last={0: failed(0, 100)}, now=1001,
+                  isolate_after=2)
+    assert isolation_of(result) == [(0, 0, 50, 100, False)]
+    assert result.isolating == {0: (0, 100)} and result.waiting == {}
+    assert result.runs[0].ranges[0].failed_run_id == "run-f"
+
+
+def test_a_failed_probe_halves_again_and_a_passed_probe_moves_to_the_rest():
+    bad_first_half = plan([PartitionProgress(0, 0, 0, 100)],
+                          last={0: failed(0, 50, suspect_end=100)}, isolate_after=2)
+    assert isolation_of(bad_first_half) == [(0, 0, 25, 50, False)]
+    # [0, 50) was committed: the bad record is in [50, 100), whose first half goes next.
+    rest = plan([PartitionProgress(0, 50, 0, 100)],
+                last={0: succeeded(0, 50, suspect_end=100, failed_run_id="run-f")},
+                isolate_after=2)
+    assert isolation_of(rest) == [(0, 50, 75, 100, False)]
+    assert rest.runs[0].ranges[0].failed_run_id == "run-f"
+
+
+def test_one_record_left_is_dead_lettered_by_a_run_of_its_own_then_the_partition_flows():
+    by_failure = plan([PartitionProgress(0, 41, 0, 100)],
+                      last={0: failed(41, 43, suspect_end=50)}, isolate_after=2)
+    assert isolation_of(by_failure) == [(0, 41, 42, 43, False)]  # [41, 43) holds it
+    assert isolation_of(plan([PartitionProgress(0, 41, 0, 100)],
+                             last={0: failed(41, 42, suspect_end=43)}, isolate_after=2)) == \
+        [(0, 41, 42, None, True)]
+    by_elimination = plan([PartitionProgress(0, 42, 0, 100)],
+                          last={0: succeeded(41, 42, suspect_end=43, failed_run_id="run-f")},
+                          isolate_after=2)
+    [run] = by_elimination.runs
+    assert isolation_of(by_elimination) == [(0, 42, 43, None, True)]
+    assert run.dead_letter and run.run_key("w").endswith(":dead-letter:attempt-6")
+    assert run.ranges[0].failed_run_id == "run-f"
+    after = plan([PartitionProgress(0, 43, 0, 100)],
+                 last={0: succeeded(42, 43, dead_letter=True)}, isolate_after=2)
+    assert isolation_of(after) == [(0, 43, 100, None, False)]
+    assert after.isolating == {}
+
+
+def test_a_failing_dead_letter_run_is_paused_then_stuck():
+    last = {0: failed(42, 43, failures_before=0, dead_letter=True, failed_run_id="run-p")}
+    waiting = plan([PartitionProgress(0, 42, 0, 100)], last=last, now=1010, isolate_after=2)
+    assert waiting.runs == [] and waiting.waiting == {0: 20}
+    again = plan([PartitionProgress(0, 42, 0, 100)], last=last, now=1030, isolate_after=2)
+    assert isolation_of(again) == [(0, 42, 43, None, True)]
+    assert again.runs[0].ranges[0].failed_run_id == "run-p"
+    stuck = {0: failed(42, 43, failures_before=2, dead_letter=True)}
+    assert plan([PartitionProgress(0, 42, 0, 100)], last=stuck, now=10_000,
+                isolate_after=2).stuck == {0: (42, 3)}
+
+
+def test_a_run_of_several_partitions_is_split_each_range_alone_and_its_lane_waits():
+    run = dict(failures_before=1, partitions=3)
+    last = {p: failed(0, 10, **run) for p in range(3)}
+    progress = [PartitionProgress(p, 0, 0, 10) for p in range(3)]
+    result = plan(progress, last=last, lanes=1, isolate_after=2)
+    assert isolation_of(result) == [(0, 0, 10, 10, False)]  # alone; 1 and 2 wait their turn
+    # Partition 0 passed alone: the next tick sends partition 1 alone, not a normal run of 0.
+    last[0] = succeeded(0, 10, suspect_end=10)
+    progress[0] = PartitionProgress(0, 10, 0, 15)
+    assert isolation_of(plan(progress, last=last, lanes=1, isolate_after=2)) == \
+        [(1, 0, 10, 10, False)]
+
+
+def test_a_probe_stopped_on_purpose_goes_again_and_an_operator_move_ends_isolation():
+    stopped = plan([PartitionProgress(0, 30, 0, 100)],
+                   last={0: succeeded(25, 50, suspect_end=100)}, isolate_after=2)
+    assert isolation_of(stopped) == [(0, 30, 50, 100, False)]
+    # An operator skipped offset 25 (committed 26) after the probe failed: normal again.
+    moved = plan([PartitionProgress(0, 26, 0, 100)],
+                 last={0: failed(25, 50, suspect_end=100)}, isolate_after=2, now=10_000)
+    assert isolation_of(moved) == [(0, 26, 50, None, False)]
+    assert moved.runs[0].failures_before == 0

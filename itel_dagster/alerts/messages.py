@@ -45,6 +45,17 @@ def _first_line(message: str | None) -> str:
     return _MODULE_PATH.sub("", lines[0]) if lines else "failed"
 
 
+def user_error(error):
+    """The error user code raised, out of Dagster's wrappers (a SerializableErrorInfo): an op's
+    error arrives wrapped ("Error occurred while executing op ..."), and once its RetryPolicy is
+    spent as "Exceeded max_retries of N" with the last error as its cause."""
+    while error is not None and error.cause is not None and (
+            error.cls_name in ("DagsterExecutionStepExecutionError", "RetryRequested")
+            or error.message.startswith("Exceeded max_retries")):
+        error = error.cause
+    return error
+
+
 def short_error(run_message: str | None, step_errors: Sequence[tuple[str, str]] = (),
                 limit: int = ERROR_LIMIT) -> str:
     """The failed steps' errors (step key: first line of each), else the run's failure message."""

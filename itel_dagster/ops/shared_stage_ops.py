@@ -16,6 +16,7 @@ from itel_dagster.resources.kafka import KafkaResource
 from itel_dagster.sensors.dispatch_plan import KafkaRange
 from itel_dagster.stages.enrich import apply_lookups
 from itel_dagster.stages.error_records import error_records
+from itel_dagster.stages.poison import poison_records
 from itel_dagster.stages.raw_batch import raw_batch_from_records
 from itel_dagster.stages.transform import transform
 from itel_dagster.stages.validate import validate
@@ -48,6 +49,9 @@ class KafkaRangeConfig(dg.Config):
     partition: int | None = None
     start: int | None = None
     end: int | None = None
+    # Set by the sensor's poison isolation: the range's records are not processed but
+    # dead-lettered (stage poison) with this reason, and the offsets committed past them.
+    dead_letter_reason: str | None = None
 
     def kafka_ranges(self) -> tuple[KafkaRange, ...]:
         if self.topic is None:
@@ -140,6 +144,16 @@ def _read_days(context: dg.OpExecutionContext, kafka: KafkaResource) -> StageBat
     return batch
 
 
+def _dead_lettered(batch: StageBatch, reason: str) -> StageBatch:
+    """The whole batch as poison error records: no stage sees them, the last op publishes them
+    to the error topic and commits past them."""
+    poison = poison_records(batch.rows, worker=batch.worker, reason=reason)
+    worker_logger(batch.settings).error(
+        "%s: %d record(s) dead-lettered to %s as poison: %s", batch.source, poison.height,
+        batch.settings.error_topic, reason)
+    return batch.next(raw_batch_from_records([]), poison, poison=poison.height)
+
+
 @dg.op(out=dg.Out(io_manager_key=STAGE_IO), retry_policy=_retry_policy(), tags={"stage": "read"})
 def read_kafka_range(
     context: dg.OpExecutionContext, config: KafkaRangeConfig, kafka: KafkaResource
@@ -148,6 +162,8 @@ def read_kafka_range(
         batch = _read_days(context, kafka)
     else:
         batch = _read_micro_batch(config, kafka)
+        if config.dead_letter_reason is not None:
+            batch = _dead_lettered(batch, config.dead_letter_reason)
     context.add_output_metadata({"mode": batch.mode, "source": batch.source,
                                  "records": batch.counts["read"],
                                  "missing_offsets": batch.missing_offsets})

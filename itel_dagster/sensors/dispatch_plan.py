@@ -6,8 +6,14 @@ done) and each partition's last run (what was tried). A range starts at the comm
 nothing is skipped; a partition with a run in flight gets nothing, so nothing is dispatched twice
 and order holds. A range whose last run ended before committing all of it is dispatched again
 under a new run key: at once when that run succeeded (it stopped on purpose, e.g. an open circuit
-breaker), after a growing pause when it failed, and never after `max_attempts` failed runs in a
-row: that partition is then reported stuck instead of looping.
+breaker), after a growing pause when it failed.
+
+Poison isolation: once a range has failed `isolate_after` runs in a row, it runs alone (no other
+partition in its run) and is halved run by run: a failed half holds the bad record, a committed
+half clears its records and leaves the bad one in the rest. A single record that still fails is
+dead-lettered by a run of its own (stage `poison`) and the partition moves on; the other records
+of the range are processed once, normally. Only a dead-letter run that keeps failing
+(`max_attempts` runs) leaves its partition stuck, for an operator (`itel-dagster skip`).
 
 Ranges are grouped into runs by lane (partition % lanes) and UTC day: one run covers every
 partition of its lane that has work, up to max_records_per_run records in all. A lane with a run
@@ -47,6 +53,13 @@ class LastRun:
     failed: bool
     failures_before: int  # failed runs on this range in a row before that run
     ended_at: float  # epoch seconds
+    # Poison isolation: the run was a probe of [start, end) for a bad record known to lie before
+    # suspect_end, or the dead-letter run of the record at `start`.
+    suspect_end: int | None = None
+    dead_letter: bool = False
+    partitions: int = 1  # Kafka partitions the run covered (1: it ran alone)
+    run_id: str | None = None
+    failed_run_id: str | None = None  # an isolation run's: the failed run it follows up
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,15 @@ class PlannedRange:
     day: date  # UTC day of the records' Kafka timestamps: the run's partition key
     attempt: int = 1  # runs on this range so far, this one included
     failures_before: int = 0  # failed runs on this range in a row before this one
+    # Poison isolation (see the module docstring): a probe runs alone; its bad record lies
+    # before suspect_end. A dead-letter range is the one record the probes found.
+    suspect_end: int | None = None
+    dead_letter: bool = False
+    failed_run_id: str | None = None  # the run whose failure is the dead letter's reason
+
+    @property
+    def isolated(self) -> bool:
+        return self.suspect_end is not None or self.dead_letter
 
 
 @dataclass(frozen=True)
@@ -84,10 +106,16 @@ class PlannedRun:
     def records(self) -> int:
         return sum(r.range.size for r in self.ranges)
 
+    @property
+    def dead_letter(self) -> bool:
+        return any(r.dead_letter for r in self.ranges)
+
     def run_key(self, worker: str) -> str:
         """Unique per range set and attempt: the sensor never starts the same work twice."""
         spans = ",".join(f"{r.range.partition}:{r.range.start}-{r.range.end}" for r in self.ranges)
         key = f"{worker}:{self.topic}:{spans}"
+        if self.dead_letter:
+            key = f"{key}:dead-letter"
         return key if self.attempt == 1 else f"{key}:attempt-{self.attempt}"
 
 
@@ -105,6 +133,8 @@ class DispatchPlan:
     redispatched: list[PlannedRange]  # ranges whose last run failed before committing
     waiting: dict[int, float] = field(default_factory=dict)  # p -> seconds until re-dispatch
     stuck: dict[int, tuple[int, int]] = field(default_factory=dict)  # p -> (offset, failures)
+    # p -> (start, suspect_end): partitions whose bad record is being looked for
+    isolating: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 def plan_dispatch(
@@ -119,11 +149,13 @@ def plan_dispatch(
     retry_pause_seconds: float = 30.0,
     max_attempts: int = 5,
     lanes: int = 1,
+    isolate_after: int = 2,
 ) -> DispatchPlan:
     """timestamp_at(partition, offset) -> ms; first_offset_at(partition, ms) -> offset or None.
     in_flight: partitions of runs that are queued or running.
 
-    After its n-th failed run in a row, a range waits retry_pause_seconds * 2^(n-1).
+    After its n-th failed run in a row, a range waits retry_pause_seconds * 2^(n-1); after
+    `isolate_after` failed runs it is isolated (see the module docstring), without pauses.
     """
     plan = DispatchPlan(runs=[], redispatched=[])
     busy_lanes = {partition % lanes for partition in in_flight}
@@ -131,13 +163,34 @@ def plan_dispatch(
     for p in sorted(progress, key=lambda x: x.partition):
         if p.partition % lanes in busy_lanes or p.lag == 0:
             continue
+        step = _isolation_step(p, last_runs.get(p.partition), isolate_after)
+        if step is not None:
+            if step.dead_letter and step.failures_before:
+                # A dead-letter run that failed: paused and bounded like any failed range.
+                if step.failures_before >= max_attempts:
+                    plan.stuck[p.partition] = (step.range.start, step.failures_before)
+                    continue
+                due = last_runs[p.partition].ended_at + \
+                    retry_pause_seconds * 2 ** (step.failures_before - 1)
+                if now < due:
+                    plan.waiting[p.partition] = due - now
+                    continue
+            timestamp = timestamp_at(p.partition, step.range.start)
+            if timestamp is None:
+                continue  # the records vanished (retention) between reads; the next tick sees it
+            planned = replace(step, range=replace(step.range, topic=topic), day=utc_day(timestamp))
+            plan.isolating[p.partition] = (planned.range.start,
+                                           planned.suspect_end or planned.range.end)
+            ranges.append(planned)
+            continue
         start = p.next_offset
         last = last_runs.get(p.partition)
-        unfinished = last is not None and last.start <= start < last.end
+        unfinished = last is not None and last.start <= start < last.end and not last.dead_letter
         attempt, failures = 1, 0
         if unfinished:
             attempt = last.attempt + 1
-            if last.failed:
+            # A failure counts against the range only if nothing of it was committed since.
+            if last.failed and start == last.start:
                 failures = last.failures_before + 1
                 if failures >= max_attempts:
                     plan.stuck[p.partition] = (start, failures)
@@ -165,16 +218,68 @@ def plan_dispatch(
     return plan
 
 
+def _isolation_step(p: PartitionProgress, last: LastRun | None,
+                    isolate_after: int) -> PlannedRange | None:
+    """The partition's next poison-isolation run, or None when it is not isolating.
+
+    The topic and day of the returned range are placeholders; plan_dispatch fills them in.
+    """
+    if last is None:
+        return None
+    start = p.next_offset
+    attempt = last.attempt + 1
+
+    def _placeholder(first: int, end: int, attempt: int, failures: int, **isolation):
+        return PlannedRange(KafkaRange("", p.partition, first, end), date.min, attempt, failures,
+                            **isolation)
+
+    bad: tuple[int, int] | None = None  # [first, end) known to hold a record that fails alone
+    if last.dead_letter:
+        if last.failed and start == last.start:
+            return _placeholder(start, start + 1, attempt, last.failures_before + 1,
+                                dead_letter=True, failed_run_id=last.failed_run_id)
+        return None  # dead-lettered (or moved by an operator): the partition flows again
+    if last.suspect_end is not None:
+        if last.failed and start == last.start:
+            bad = (start, last.end)
+        elif not last.failed and start == last.end and start < last.suspect_end:
+            bad = (start, last.suspect_end)  # the probe's records were fine: the rest holds it
+        elif not last.failed and last.start <= start < last.end:
+            # The probe stopped on purpose (an open breaker): the same probe again.
+            return _placeholder(start, last.end, attempt, 0, suspect_end=last.suspect_end)
+        else:
+            return None  # finished, or an operator moved the offset: flow normally
+    elif last.failed and start == last.start and last.failures_before + 1 >= isolate_after:
+        if last.partitions > 1:
+            # Which partition of the run holds it is unknown: each range runs alone first.
+            return _placeholder(start, last.end, attempt, 0, suspect_end=last.end)
+        bad = (start, last.end)
+    if bad is None:
+        return None
+    first, end = bad
+    if end - first == 1:
+        return _placeholder(first, end, attempt, 0, dead_letter=True,
+                            failed_run_id=last.run_id if last.failed else last.failed_run_id)
+    return _placeholder(first, first + (end - first) // 2, attempt, 0, suspect_end=end,
+                        failed_run_id=last.run_id if last.failed else last.failed_run_id)
+
+
 def group_into_runs(
     ranges: list[PlannedRange], lanes: int, max_records_per_run: int
 ) -> list[PlannedRun]:
     """One run per lane and day. A run over the budget shares it out: small ranges whole, the
     rest an equal share each (every range at least one record). A shortened range only ends
     earlier: its start is still the committed offset, so nothing is skipped."""
+    isolated: dict[int, PlannedRange] = {}
+    for planned in ranges:
+        if planned.isolated:  # alone in its run; its lane waits for it
+            isolated.setdefault(planned.range.partition % lanes, planned)
+    runs = [PlannedRun((planned,), lane) for lane, planned in sorted(isolated.items())]
     groups: dict[tuple[int, date], list[PlannedRange]] = {}
     for planned in ranges:
+        if planned.range.partition % lanes in isolated:
+            continue
         groups.setdefault((planned.range.partition % lanes, planned.day), []).append(planned)
-    runs = []
     for (lane, _day), members in sorted(groups.items()):
         budget = max_records_per_run
         ends: dict[int, int] = {}

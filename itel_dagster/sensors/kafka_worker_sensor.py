@@ -13,6 +13,7 @@ from collections.abc import Callable
 import dagster as dg
 from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG
 
+from itel_dagster.alerts.messages import short_error, user_error
 from itel_dagster.kafka.offsets import (
     first_offset_at_or_after,
     kept_group_progress,
@@ -76,11 +77,15 @@ def last_runs(instance: dg.DagsterInstance, worker: str, partitions: list[int]) 
     for record in records:  # newest first
         failed = record.dagster_run.status != dg.DagsterRunStatus.SUCCESS
         ended_at = record.end_time or record.update_timestamp.timestamp()
-        for r in tagged_ranges(record.dagster_run.tags):
+        ranges = tagged_ranges(record.dagster_run.tags)
+        for r in ranges:
             if r.partition in wanted and r.partition not in found:
-                found[r.partition] = LastRun(start=r.start, end=r.end, attempt=r.attempt,
-                                             failed=failed, failures_before=r.failures_before,
-                                             ended_at=ended_at)
+                found[r.partition] = LastRun(
+                    start=r.start, end=r.end, attempt=r.attempt, failed=failed,
+                    failures_before=r.failures_before, ended_at=ended_at,
+                    suspect_end=r.suspect_end, dead_letter=r.dead_letter,
+                    partitions=len(ranges), run_id=record.dagster_run.run_id,
+                    failed_run_id=r.failed_run_id)
         if len(found) == len(wanted):
             break
     return found
@@ -94,26 +99,40 @@ def partition_key_for(day) -> str:
     return min(max(key, keys[0]), keys[-1])
 
 
-def range_run_config(worker: WorkerSettings, planned: PlannedRun, asset_name: str) -> dict:
+def failure_reason(instance: dg.DagsterInstance, run_id: str | None) -> str:
+    """The failed run's step errors (else its run failure message), as one short text."""
+    if run_id is None:
+        return "runs on this record kept failing (no failed run recorded)"
+    steps = []
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
+        event = entry.dagster_event
+        error = user_error(event.event_specific_data.error
+                           if event and event.event_specific_data else None)
+        if error is not None:
+            steps.append((event.step_key or "?", error.message))
+    run_message = None
+    if not steps:
+        failures = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+        run_message = failures[-1].message if failures else None
+    return f"run {run_id}: " + short_error(run_message, steps)
+
+
+def range_run_config(worker: WorkerSettings, planned: PlannedRun, asset_name: str,
+                     dead_letter_reason: str | None = None) -> dict:
     ranges = [{"partition": r.range.partition, "start": r.range.start, "end": r.range.end}
               for r in planned.ranges]
-    return {
-        "ops": {
-            asset_name: {
-                "ops": {
-                    "read_kafka_range": {
-                        "config": {"worker": worker.name, "topic": planned.topic, "ranges": ranges}
-                    }
-                }
-            }
-        }
-    }
+    config = {"worker": worker.name, "topic": planned.topic, "ranges": ranges}
+    if planned.dead_letter:
+        config["dead_letter_reason"] = dead_letter_reason or "runs on this record kept failing"
+    return {"ops": {asset_name: {"ops": {"read_kafka_range": {"config": config}}}}}
 
 
 def run_tags(worker: WorkerSettings, planned: PlannedRun) -> dict[str, str]:
     retry = worker.retry_policy
     return {
         **range_tags(worker.name, planned),
+        # Dagster's run monitoring fails a run that outlives this (dagster.yaml run_monitoring).
+        "dagster/max_runtime": str(worker.max_runtime_seconds),
         "dagster/max_retries": str(retry.run_max_retries),
         "dagster/retry_strategy": retry.run_retry_strategy,
         # Op failures are retried by the ops' RetryPolicy, then re-dispatched by this sensor;
@@ -176,6 +195,7 @@ def build_kafka_worker_sensor(
                 retry_pause_seconds=worker.redispatch_pause_seconds,
                 max_attempts=worker.max_dispatch_attempts,
                 lanes=worker.lanes,
+                isolate_after=worker.isolate_after_failures,
             )
 
         in_flight, progress, plan = plan_now()
@@ -192,19 +212,32 @@ def build_kafka_worker_sensor(
             context.log.warning(
                 f"{r.topic}[{r.partition}] from offset {r.start}: {planned.failures_before} run(s) "
                 "failed on this range before committing it; dispatching it again")
-        requests = [
-            dg.RunRequest(
+        requests = []
+        for planned in plan.runs:
+            reason = None
+            for r in planned.ranges:
+                if r.dead_letter:
+                    reason = failure_reason(instance, r.failed_run_id)
+                    context.log.error(
+                        f"{r.range.topic}[{r.range.partition}] offset {r.range.start} fails every "
+                        f"run on its own: dead-lettering it to {worker.error_topic} ({reason})")
+                elif r.suspect_end is not None:
+                    context.log.warning(
+                        f"{r.range.topic}[{r.range.partition}]: a record before offset "
+                        f"{r.suspect_end} fails every run; isolating it, now trying "
+                        f"{r.range.start}-{r.range.end} alone")
+            requests.append(dg.RunRequest(
                 run_key=planned.run_key(worker.name),
                 partition_key=partition_key_for(planned.day),
-                run_config=range_run_config(worker, planned, asset_name),
+                run_config=range_run_config(worker, planned, asset_name, reason),
                 tags=run_tags(worker, planned),
-            )
-            for planned in plan.runs
-        ]
+            ))
         for partition, (offset, attempts) in plan.stuck.items():
             context.log.error(
                 f"{topic}[{partition}] is stuck at offset {offset}: {attempts} runs failed on it. "
-                "Fix the cause, then re-execute its last run from the UI (or commit past the offset)")
+                "Fix the cause and re-execute its last run from the UI, or dead-letter the "
+                f"record: itel-dagster skip --worker {worker.name} --partition {partition} "
+                f"--offset {offset}")
         lag = sum(p.lag for p in progress)
         skip = None
         if not requests:
@@ -214,6 +247,9 @@ def build_kafka_worker_sensor(
             if plan.waiting:
                 notes.append("retry pause on partitions " + ", ".join(
                     f"{p} ({s:.0f} s)" for p, s in sorted(plan.waiting.items())))
+            if plan.isolating:
+                notes.append("isolating a bad record on partitions " + ", ".join(
+                    f"{p} ({a}-{b})" for p, (a, b) in sorted(plan.isolating.items())))
             if plan.stuck:
                 notes.append("STUCK partitions " + ", ".join(
                     f"{p} at offset {o}" for p, (o, _) in sorted(plan.stuck.items())))

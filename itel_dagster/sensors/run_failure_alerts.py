@@ -7,7 +7,7 @@ line, never a failing sensor tick.
 
 import dagster as dg
 
-from itel_dagster.alerts.messages import run_failure_alert, short_error
+from itel_dagster.alerts.messages import run_failure_alert, short_error, user_error
 from itel_dagster.alerts.webhook import Delivery, post_alert
 from itel_dagster.settings.alerts import load_alert_settings
 from itel_dagster.settings.env_yaml import ConfigError
@@ -30,12 +30,7 @@ def worker_of_job(job_name: str) -> str | None:
 def step_errors(context: dg.RunFailureSensorContext) -> list[tuple[str, str]]:
     found = []
     for event in context.get_step_failure_events():
-        error = event.event_specific_data.error if event.event_specific_data else None
-        # User code errors arrive wrapped ("Error occurred while executing op ..."); the cause
-        # is what the operator needs to read.
-        while error is not None and error.cause is not None and \
-                error.cls_name == "DagsterExecutionStepExecutionError":
-            error = error.cause
+        error = user_error(event.event_specific_data.error if event.event_specific_data else None)
         found.append((event.step_key or "?", error.message if error is not None else ""))
     return found
 

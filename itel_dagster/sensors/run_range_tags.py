@@ -18,6 +18,8 @@ RANGES_TAG = "itel/ranges"
 KAFKA_PARTITIONS_TAG = "itel/kafka_partitions"
 KAFKA_RANGE_TAG = "itel/kafka_range"
 ATTEMPT_TAG = "itel/attempt"
+# Poison isolation, for people: "probe 0:100-150 (bad record before 200)", "dead-letter 0:123".
+ISOLATION_TAG = "itel/isolation"
 FAILURES_BEFORE_TAG = "itel/failures_before"
 # One run at a time per lane (dagster.yaml's tag_concurrency_limits): <worker>:<lane>.
 LANE_TAG = "itel/lane"
@@ -34,6 +36,9 @@ class TaggedRange:
     end: int
     attempt: int = 1
     failures_before: int = 0
+    suspect_end: int | None = None
+    dead_letter: bool = False
+    failed_run_id: str | None = None
 
     @property
     def size(self) -> int:
@@ -42,14 +47,24 @@ class TaggedRange:
 
 def range_tags(worker: str, planned: PlannedRun) -> dict[str, str]:
     ranges = [r.range for r in planned.ranges]
+    isolation = {}
+    for p in planned.ranges:
+        r = p.range
+        if p.dead_letter:
+            isolation[ISOLATION_TAG] = f"dead-letter {r.partition}:{r.start}"
+        elif p.suspect_end is not None:
+            isolation[ISOLATION_TAG] = (f"probe {r.partition}:{r.start}-{r.end} (bad record "
+                                        f"before {p.suspect_end})")
     return {
+        **isolation,
         WORKER_TAG: worker,
         LANE_TAG: f"{worker}:{planned.lane}",
         KAFKA_PARTITIONS_TAG: ",".join(str(r.partition) for r in ranges),
         KAFKA_RANGE_TAG: ", ".join(f"{r.topic}[{r.partition}] {r.start}-{r.end}" for r in ranges),
         RANGES_TAG: json.dumps([
             {"partition": p.range.partition, "start": p.range.start, "end": p.range.end,
-             "attempt": p.attempt, "failures_before": p.failures_before}
+             "attempt": p.attempt, "failures_before": p.failures_before,
+             **_isolation_fields(p)}
             for p in planned.ranges
         ], separators=(",", ":")),
         ATTEMPT_TAG: str(planned.attempt),
@@ -57,11 +72,24 @@ def range_tags(worker: str, planned: PlannedRun) -> dict[str, str]:
     }
 
 
+def _isolation_fields(planned) -> dict:
+    fields = {}
+    if planned.suspect_end is not None:
+        fields["suspect_end"] = planned.suspect_end
+    if planned.dead_letter:
+        fields["dead_letter"] = True
+    if planned.failed_run_id:
+        fields["failed_run_id"] = planned.failed_run_id
+    return fields
+
+
 def tagged_ranges(tags: Mapping[str, str]) -> list[TaggedRange]:
     """The ranges a run covered; [] for a run without ranges (a backfill, a replay)."""
     if RANGES_TAG in tags:
         return [TaggedRange(int(r["partition"]), int(r["start"]), int(r["end"]),
-                            int(r.get("attempt", 1)), int(r.get("failures_before", 0)))
+                            int(r.get("attempt", 1)), int(r.get("failures_before", 0)),
+                            r.get("suspect_end"), bool(r.get("dead_letter", False)),
+                            r.get("failed_run_id"))
                 for r in json.loads(tags[RANGES_TAG])]
     if LEGACY_START_TAG in tags and LEGACY_PARTITION_TAG in tags:
         return [TaggedRange(int(tags[LEGACY_PARTITION_TAG]), int(tags[LEGACY_START_TAG]),

@@ -36,6 +36,11 @@ class WorkerSettings(_Strict):
     error_topic: str
     batch_size: int = Field(ge=1)
     max_records_per_run: int = Field(10_000, ge=1)
+    # A run stops reading once its record values reach this many bytes (at least one record is
+    # read); the rest stays in Kafka for the next run. Bounds a run's memory when records are large.
+    max_bytes_per_run: int = Field(32_000_000, ge=1)
+    # A Kafka read fails only when no record arrived for this long, however long the range takes.
+    read_stall_seconds: float = Field(30.0, gt=0)
     # Runs of this worker at once: partition p belongs to lane p % lanes, and each run covers
     # every partition of its lane that has work. 1 does the most work per CPU second.
     lanes: int = Field(1, ge=1)
@@ -48,11 +53,23 @@ class WorkerSettings(_Strict):
     # each time, at most max_dispatch_attempts times; then its partition is reported stuck.
     redispatch_pause_seconds: float = Field(30.0, ge=0)
     max_dispatch_attempts: int = Field(5, ge=1)
+    # Poison isolation: after this many failed runs in a row on one range, the sensor halves the
+    # range run by run until the one failing record is found, and dead-letters it (stage poison).
+    # At or above max_dispatch_attempts, isolation never starts and the partition goes stuck.
+    isolate_after_failures: int = Field(2, ge=1)
+    # Dagster's run monitoring fails a run that runs longer (tag dagster/max_runtime).
+    max_runtime_seconds: int = Field(900, ge=10)
     log_file: str
     priority: Literal["primary", "secondary"]
     stages: list[str]
     expected_task_id: int = 32513
+    # An error record keeps at most this many bytes of the original payload (as its JSON spells
+    # it); a longer one is cut, with the original's size and SHA-256 (docs/bad-input.md).
+    error_payload_max_bytes: int = Field(262_144, ge=1024, le=1_048_576)
     retry_policy: RetryPolicySettings = RetryPolicySettings()
+    # Dedupe looks for an event_id in its record's UTC day and this many days before, so a copy
+    # redelivered across midnight is still found (0: the record's own day only).
+    dedupe_days: int = Field(1, ge=0, le=31)
     delta_table: str | None = None
     column_mapping: dict[str, str] | None = None
 

@@ -13,7 +13,7 @@ import polars as pl
 
 from itel_dagster.stages.transform import as_utc
 
-STAGES = ("transform", "validate", "claimx_lookup", "delta_write", "itel_api_send")
+STAGES = ("transform", "validate", "claimx_lookup", "delta_write", "itel_api_send", "poison")
 ERROR_RECORD_SCHEMA = pl.Schema(
     {
         "event_id": pl.String,

@@ -1,0 +1,89 @@
+"""Poison isolation end to end on the real broker: a record that makes every run of its range fail
+(here: a stage that breaks on one event, as a bug would) is found by the sensor, dead-lettered
+with stage `poison`, and its partition moves on; every other record is processed once."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import yaml
+
+from itel_dagster.devstack.publisher.events import generate_records
+from itel_dagster.ops import api_ops, tracking_ops
+from itel_dagster.sensors.run_range_tags import ISOLATION_TAG
+from itel_dagster.settings.workers import WORKERS_FILE
+
+TRACKING = "itel_cabinet_tracking_worker"
+API = "itel_cabinet_api_worker"
+
+
+def _records(count: int, seed: int):
+    """Valid records within one UTC day (today, from 00:15), so a run can hold them all."""
+    midnight = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    return [r for r in generate_records(count=count, seed=seed, days=0.01,
+                                        now=midnight + timedelta(minutes=30))]
+
+
+def _no_pauses(pipeline, worker: str) -> None:
+    path = pipeline.root / "config" / WORKERS_FILE
+    data = yaml.safe_load(path.read_text())
+    data["workers"][worker].update(redispatch_pause_seconds=0)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _breaks_on(poison_event_id: str, stage):
+    """`stage` wrapped to raise when the poison event is among its rows: a bug one record hits."""
+    def broken(rows, *args, **kwargs):
+        if poison_event_id in rows["event_id"].to_list():
+            raise ValueError(f"cannot build the row of {poison_event_id}")
+        return stage(rows, *args, **kwargs)
+    return broken
+
+
+@pytest.mark.parametrize("worker", [TRACKING, API])
+def test_a_poison_record_is_dead_lettered_and_every_other_record_processed_once(
+        pipeline, itel_simulator, monkeypatch, worker):
+    _no_pauses(pipeline, worker)
+    records = _records(90, seed=161)
+    poison = records[47]
+    if worker == TRACKING:
+        monkeypatch.setattr(tracking_ops, "tracking_rows",
+                            _breaks_on(poison.event_id, tracking_ops.tracking_rows))
+    else:
+        monkeypatch.setattr(api_ops, "with_payloads",
+                            _breaks_on(poison.event_id, api_ops.with_payloads))
+    pipeline.produce(records)
+
+    results = pipeline.drain(worker)
+
+    assert pipeline.lag(worker) == 0
+    settings = pipeline.workers[worker]
+    errors = [json.loads(m.value()) for m in pipeline.consume_all(settings.error_topic)]
+    [dead] = errors
+    assert (dead["event_id"], dead["stage"], dead["error_type"]) == \
+        (poison.event_id, "poison", "poison_isolated")
+    assert f"cannot build the row of {poison.event_id}" in dead["error_message"]
+    assert json.loads(dead["original_payload"]) == json.loads(poison.value)
+    others = {r.event_id for r in records} - {poison.event_id}
+    if worker == TRACKING:
+        rows = pipeline.tracking_table()
+        assert sorted(rows["event_id"].to_list()) == sorted(others)
+    else:
+        sends = Counter(r["idempotency_key"] for r in itel_simulator.accepted_requests())
+        assert set(sends) == others and set(sends.values()) == {1}
+    successes = [json.loads(m.value()) for m in pipeline.consume_all(settings.success_topic)]
+    assert sorted(s["event_id"] for s in successes) == sorted(others)
+    # The search is visible on the runs: probes, then the one dead-letter run that succeeded.
+    isolation = [r.dagster_run.tags.get(ISOLATION_TAG) for r in results]
+    assert any(t and t.startswith("probe") for t in isolation)
+    dead_letter_runs = [r for r in results
+                        if (r.dagster_run.tags.get(ISOLATION_TAG) or "").startswith("dead-letter")]
+    assert len(dead_letter_runs) == 1 and dead_letter_runs[0].success
+    failed_runs = [r for r in results if not r.success]
+    # Two failures of the whole range, then about log2(90 / 3) failing probes at most.
+    assert 2 <= len(failed_runs) <= 2 + 3 + 6
+    log = (pipeline.root / "logs" / settings.log_file.split("/")[-1]).read_text()
+    assert f"1 record(s) dead-lettered to {settings.error_topic} as poison" in log
