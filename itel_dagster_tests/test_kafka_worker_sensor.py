@@ -15,7 +15,7 @@ from dagster._core.test_utils import create_run_for_test
 
 from itel_dagster.devstack.publisher.events import generate_records
 from itel_dagster.ops.shared_stage_ops import KafkaRangeConfig, PartitionRangeConfig
-from itel_dagster.sensors import kafka_worker_sensor
+from itel_dagster.sensors import dispatch_state
 from itel_dagster.sensors.run_range_tags import (
     KAFKA_PARTITIONS_TAG,
     LANE_TAG,
@@ -32,7 +32,7 @@ def test_a_run_that_finishes_during_a_tick_is_not_dispatched_again(pipeline, mon
     pipeline.produce(_recent_records(40, seed=81))  # one UTC day: the tick dispatches them all
     pending = list(pipeline.tick(TRACKING).run_requests)
     assert pending
-    read_states = kafka_worker_sensor.partitions_in_flight
+    read_states = dispatch_state.partitions_in_flight
 
     def runs_finish_while_the_tick_reads(instance, worker):
         # The queued runs commit their offsets and succeed between the tick's first offset read
@@ -41,8 +41,7 @@ def test_a_run_that_finishes_during_a_tick_is_not_dispatched_again(pipeline, mon
             assert pipeline.execute(TRACKING, pending.pop()).success
         return read_states(instance, worker)
 
-    monkeypatch.setattr(kafka_worker_sensor, "partitions_in_flight",
-                        runs_finish_while_the_tick_reads)
+    monkeypatch.setattr(dispatch_state, "partitions_in_flight", runs_finish_while_the_tick_reads)
     result = pipeline.tick(TRACKING)
     assert pipeline.lag(TRACKING) == 0
     assert list(result.run_requests) == []

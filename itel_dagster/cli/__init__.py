@@ -9,6 +9,7 @@ from itel_dagster.cli.kafka_commands import kafka
 from itel_dagster.cli.lag_command import lag
 from itel_dagster.cli.metrics_command import metrics
 from itel_dagster.cli.publish_command import publish
+from itel_dagster.cli.recovery_commands import skip, stuck
 from itel_dagster.cli.simulator_commands import simulators
 from itel_dagster.cli.up_command import up
 
@@ -25,3 +26,5 @@ main.add_command(up)
 main.add_command(lag)
 main.add_command(metrics)
 main.add_command(bench)
+main.add_command(stuck)
+main.add_command(skip)

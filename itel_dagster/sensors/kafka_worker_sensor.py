@@ -11,84 +11,19 @@ import time
 from collections.abc import Callable
 
 import dagster as dg
-from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG
 
-from itel_dagster.alerts.messages import short_error, user_error
-from itel_dagster.kafka.offsets import (
-    first_offset_at_or_after,
-    kept_group_progress,
-    record_timestamp_ms,
-)
+from itel_dagster.kafka.offsets import kept_group_progress
 from itel_dagster.partitions import daily_partitions
-from itel_dagster.sensors.dispatch_plan import LastRun, PlannedRun, plan_dispatch
+from itel_dagster.sensors.dispatch_plan import PlannedRun
+from itel_dagster.sensors.dispatch_state import current_plan, failure_reason, partitions_in_flight
 from itel_dagster.sensors.lag_observation import lag_observation, worth_recording
-from itel_dagster.sensors.run_range_tags import WORKER_TAG, range_tags, tagged_partitions, tagged_ranges
+from itel_dagster.sensors.run_range_tags import range_tags
 from itel_dagster.sensors.sensor_instance import sensor_instance
 from itel_dagster.settings.kafka import bootstrap_servers
 from itel_dagster.settings.workers import WorkerSettings
 
-IN_FLIGHT = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-]
-
-
-def partitions_in_flight(instance: dg.DagsterInstance, worker: str) -> set[int]:
-    """Kafka partitions with a run queued, running, or failed with a run retry still to come."""
-    busy: set[int] = set()
-    for run in instance.get_runs(
-        filters=dg.RunsFilter(tags={WORKER_TAG: worker}, statuses=IN_FLIGHT)
-    ):
-        busy |= tagged_partitions(run.tags)
-    failed = instance.get_runs(
-        filters=dg.RunsFilter(tags={WORKER_TAG: worker, WILL_RETRY_TAG: "true"},
-                              statuses=[dg.DagsterRunStatus.FAILURE]),
-        limit=50,
-    )
-    for run in failed:
-        if AUTO_RETRY_RUN_ID_TAG not in run.tags:
-            busy |= tagged_partitions(run.tags)
-    return busy
-
-
 # Each poll reads the run storage (about 10 ms of CPU on SQLite).
 IN_FLIGHT_POLL_SECONDS = 0.5
-
-# How far back the sensor looks for each partition's last run. A partition with work is in every
-# run of its lane, so its last run is among the newest; one missing here finished long ago.
-LAST_RUNS_SCANNED = 200
-
-
-def last_runs(instance: dg.DagsterInstance, worker: str, partitions: list[int]) -> dict[int, LastRun]:
-    """Each partition's most recent finished run, read back from its tags."""
-    found: dict[int, LastRun] = {}
-    wanted = set(partitions)
-    records = instance.get_run_records(
-        filters=dg.RunsFilter(
-            tags={WORKER_TAG: worker},
-            statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE,
-                      dg.DagsterRunStatus.CANCELED],
-        ),
-        limit=LAST_RUNS_SCANNED,
-    )
-    for record in records:  # newest first
-        failed = record.dagster_run.status != dg.DagsterRunStatus.SUCCESS
-        ended_at = record.end_time or record.update_timestamp.timestamp()
-        ranges = tagged_ranges(record.dagster_run.tags)
-        for r in ranges:
-            if r.partition in wanted and r.partition not in found:
-                found[r.partition] = LastRun(
-                    start=r.start, end=r.end, attempt=r.attempt, failed=failed,
-                    failures_before=r.failures_before, ended_at=ended_at,
-                    suspect_end=r.suspect_end, dead_letter=r.dead_letter,
-                    partitions=len(ranges), run_id=record.dagster_run.run_id,
-                    failed_run_id=r.failed_run_id)
-        if len(found) == len(wanted):
-            break
-    return found
 
 
 def partition_key_for(day) -> str:
@@ -97,24 +32,6 @@ def partition_key_for(day) -> str:
     keys = daily_partitions.get_partition_keys()
     key = day.isoformat()
     return min(max(key, keys[0]), keys[-1])
-
-
-def failure_reason(instance: dg.DagsterInstance, run_id: str | None) -> str:
-    """The failed run's step errors (else its run failure message), as one short text."""
-    if run_id is None:
-        return "runs on this record kept failing (no failed run recorded)"
-    steps = []
-    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
-        event = entry.dagster_event
-        error = user_error(event.event_specific_data.error
-                           if event and event.event_specific_data else None)
-        if error is not None:
-            steps.append((event.step_key or "?", error.message))
-    run_message = None
-    if not steps:
-        failures = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
-        run_message = failures[-1].message if failures else None
-    return f"run {run_id}: " + short_error(run_message, steps)
 
 
 def range_run_config(worker: WorkerSettings, planned: PlannedRun, asset_name: str,
@@ -176,27 +93,10 @@ def build_kafka_worker_sensor(
                                    cursor=context.cursor, asset_events=lag_events)
 
         def plan_now():
-            # Run states first, offsets after: a run commits before it turns SUCCESS, so offsets
-            # read after the states are at least as new as they are. Read the other way round, a
-            # range whose run committed and finished during this tick looked unfinished and went
-            # out again.
-            in_flight = partitions_in_flight(instance, worker.name)
-            finished = last_runs(instance, worker.name, [p.partition for p in progress])
-            now_progress = kept_group_progress(servers, worker.consumer_group, topic)
-            return in_flight, now_progress, plan_dispatch(
-                topic,
-                now_progress,
-                finished,
-                in_flight,
-                worker.max_records_per_run,
-                timestamp_at=lambda p, o: record_timestamp_ms(servers, topic, p, o),
-                first_offset_at=lambda p, ms: first_offset_at_or_after(servers, topic, p, ms),
-                now=time.time(),
-                retry_pause_seconds=worker.redispatch_pause_seconds,
-                max_attempts=worker.max_dispatch_attempts,
-                lanes=worker.lanes,
-                isolate_after=worker.isolate_after_failures,
-            )
+            return current_plan(
+                instance, worker, servers,
+                lambda: kept_group_progress(servers, worker.consumer_group, topic),
+                now=time.time(), partitions=[p.partition for p in progress])
 
         in_flight, progress, plan = plan_now()
         # A busy lane: wait for its run to end instead of a whole daemon loop (5 s), so

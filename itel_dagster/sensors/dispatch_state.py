@@ -1,0 +1,136 @@
+"""What a worker's runs have done, read from the Dagster instance: the Kafka partitions with a
+run in flight, each partition's last finished run, a failed run's error, and from those and the
+group's offsets the dispatch plan. The sensor and the operator commands (`itel-dagster stuck`)
+read the same state the same way. Only reads; never launches or commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import dagster as dg
+from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG
+
+from itel_dagster.alerts.messages import short_error, user_error
+from itel_dagster.kafka.offsets import (
+    PartitionProgress,
+    first_offset_at_or_after,
+    record_timestamp_ms,
+)
+from itel_dagster.sensors.dispatch_plan import DispatchPlan, LastRun, plan_dispatch
+from itel_dagster.sensors.run_range_tags import WORKER_TAG, tagged_partitions, tagged_ranges
+from itel_dagster.settings.workers import WorkerSettings
+
+
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+
+
+def partitions_in_flight(instance: dg.DagsterInstance, worker: str) -> set[int]:
+    """Kafka partitions with a run queued, running, or failed with a run retry still to come."""
+    busy: set[int] = set()
+    for run in instance.get_runs(
+        filters=dg.RunsFilter(tags={WORKER_TAG: worker}, statuses=IN_FLIGHT)
+    ):
+        busy |= tagged_partitions(run.tags)
+    failed = instance.get_runs(
+        filters=dg.RunsFilter(tags={WORKER_TAG: worker, WILL_RETRY_TAG: "true"},
+                              statuses=[dg.DagsterRunStatus.FAILURE]),
+        limit=50,
+    )
+    for run in failed:
+        if AUTO_RETRY_RUN_ID_TAG not in run.tags:
+            busy |= tagged_partitions(run.tags)
+    return busy
+
+
+# How far back the sensor looks for each partition's last run. A partition with work is in every
+# run of its lane, so its last run is among the newest; one missing here finished long ago.
+LAST_RUNS_SCANNED = 200
+
+
+def last_runs(instance: dg.DagsterInstance, worker: str, partitions: list[int]) -> dict[int, LastRun]:
+    """Each partition's most recent finished run, read back from its tags."""
+    found: dict[int, LastRun] = {}
+    wanted = set(partitions)
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(
+            tags={WORKER_TAG: worker},
+            statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE,
+                      dg.DagsterRunStatus.CANCELED],
+        ),
+        limit=LAST_RUNS_SCANNED,
+    )
+    for record in records:  # newest first
+        failed = record.dagster_run.status != dg.DagsterRunStatus.SUCCESS
+        ended_at = record.end_time or record.update_timestamp.timestamp()
+        ranges = tagged_ranges(record.dagster_run.tags)
+        for r in ranges:
+            if r.partition in wanted and r.partition not in found:
+                found[r.partition] = LastRun(
+                    start=r.start, end=r.end, attempt=r.attempt, failed=failed,
+                    failures_before=r.failures_before, ended_at=ended_at,
+                    suspect_end=r.suspect_end, dead_letter=r.dead_letter,
+                    partitions=len(ranges), run_id=record.dagster_run.run_id,
+                    failed_run_id=r.failed_run_id)
+        if len(found) == len(wanted):
+            break
+    return found
+
+
+def failure_reason(instance: dg.DagsterInstance, run_id: str | None) -> str:
+    """The failed run's step errors (else its run failure message), as one short text."""
+    if run_id is None:
+        return "runs on this record kept failing (no failed run recorded)"
+    steps = []
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
+        event = entry.dagster_event
+        error = user_error(event.event_specific_data.error
+                           if event and event.event_specific_data else None)
+        if error is not None:
+            steps.append((event.step_key or "?", error.message))
+    run_message = None
+    if not steps:
+        failures = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+        run_message = failures[-1].message if failures else None
+    return f"run {run_id}: " + short_error(run_message, steps)
+
+
+def current_plan(
+    instance: dg.DagsterInstance,
+    worker: WorkerSettings,
+    servers: str,
+    read_progress: Callable[[], list[PartitionProgress]],
+    now: float,
+    partitions: list[int],
+) -> tuple[set[int], list[PartitionProgress], DispatchPlan]:
+    """(partitions in flight, the group's progress, the plan) as of now, for the topic's
+    `partitions`.
+
+    Run states first, offsets after: a run commits before it turns SUCCESS, so offsets read
+    after the states are at least as new as they are. Read the other way round, a range whose
+    run committed and finished in between looked unfinished and went out again.
+    """
+    in_flight = partitions_in_flight(instance, worker.name)
+    finished = last_runs(instance, worker.name, partitions)
+    progress = read_progress()
+    topic = worker.input_topic
+    return in_flight, progress, plan_dispatch(
+        topic,
+        progress,
+        finished,
+        in_flight,
+        worker.max_records_per_run,
+        timestamp_at=lambda p, o: record_timestamp_ms(servers, topic, p, o),
+        first_offset_at=lambda p, ms: first_offset_at_or_after(servers, topic, p, ms),
+        now=now,
+        retry_pause_seconds=worker.redispatch_pause_seconds,
+        max_attempts=worker.max_dispatch_attempts,
+        lanes=worker.lanes,
+        isolate_after=worker.isolate_after_failures,
+    )
