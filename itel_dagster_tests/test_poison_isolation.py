@@ -82,6 +82,9 @@ def test_a_poison_record_is_dead_lettered_and_every_other_record_processed_once(
     dead_letter_runs = [r for r in results
                         if (r.dagster_run.tags.get(ISOLATION_TAG) or "").startswith("dead-letter")]
     assert len(dead_letter_runs) == 1 and dead_letter_runs[0].success
+    # A run that hangs instead of failing is failed by Dagster's run monitoring, then isolated.
+    assert {r.dagster_run.tags["dagster/max_runtime"] for r in results} == \
+        {str(settings.max_runtime_seconds)}
     failed_runs = [r for r in results if not r.success]
     # Two failures of the whole range, then about log2(90 / 3) failing probes at most.
     assert 2 <= len(failed_runs) <= 2 + 3 + 6

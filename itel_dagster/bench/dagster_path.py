@@ -59,6 +59,7 @@ class DagsterDaemon:
     code_server: subprocess.Popen | None = None
     started_at: float = 0.0  # time.time() of the code server's spawn
     code_server_start_timeout: float = 180.0
+    definitions_module: str = DEFINITIONS_MODULE
 
     def start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -67,8 +68,8 @@ class DagsterDaemon:
         self.started_at = time.time()
         port = free_port()
         self.code_server = self._spawn(
-            [sys.executable, "-m", "dagster", "api", "grpc", "--host", "127.0.0.1",
-             "--port", str(port), "--location-name", CODE_LOCATION, "-m", DEFINITIONS_MODULE,
+            [sys.executable, "-m", "dagster", "api", "grpc", "--host", "127.0.0.1", "--port",
+             str(port), "--location-name", CODE_LOCATION, "-m", self.definitions_module,
              "-d", str(PROJECT_ROOT)])
         self._wait_for_code_server(port)
         workspace = self.home / "workspace.yaml"
