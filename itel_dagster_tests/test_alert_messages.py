@@ -80,6 +80,7 @@ def test_generic_message_is_one_flat_object():
         "partition": "2026-03-04",
         "kafka_ranges": ["itel.cabinet.task.tracking[2] 100-199"],
         "attempt": "2",
+        "isolation": None,
         "backfill": None,
         "will_retry": False,
         "run_url": RUN_URL,
@@ -87,6 +88,14 @@ def test_generic_message_is_one_flat_object():
         "link": RUN_URL,
         "text": payload["text"],
     }
+
+
+def test_a_failed_isolation_probe_says_so():
+    tags = {**LIVE_TAGS, "itel/isolation": "probe 2:100-150 (bad record before 199)"}
+    alert = run_failure_alert(run_id="abc-123", job_name="itel_cabinet_tracking_job", tags=tags,
+                              error="write_tracking_rows: ValueError: bad row", run_url=RUN_URL)
+    assert generic_payload(alert)["isolation"] == "probe 2:100-150 (bad record before 199)"
+    assert "probe 2:100-150 (bad record before 199)" in slack_payload(alert)["text"]
 
 
 def test_backfill_run_without_itel_tags_still_gets_an_alert():

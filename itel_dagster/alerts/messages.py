@@ -90,6 +90,9 @@ def run_failure_alert(*, run_id: str, job_name: str, tags: Mapping[str, str], er
             "partition": partition,
             "kafka_ranges": kafka_ranges_from_tags(tags),
             "attempt": tags.get("itel/attempt"),
+            # A probe or dead-letter run of the sensor's poison isolation: expected to fail
+            # while the bad record is looked for (docs/bad-input.md).
+            "isolation": tags.get("itel/isolation"),
             "backfill": tags.get("dagster/backfill"),
             # Set by Dagster when run retries are on and this run has retries left.
             "will_retry": tags.get("dagster/will_retry") == "true",
