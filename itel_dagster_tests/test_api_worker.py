@@ -11,6 +11,10 @@ import polars as pl
 from itel_dagster.devstack.claimx_world import claimx_task
 from itel_dagster.devstack.publisher.events import generate_records
 from itel_dagster.devstack.simulators.itel import token_sha256
+from itel_dagster_tests.fixtures.record_copies import (
+    drain_a_copy_across_midnight,
+    drain_with_a_retried_copy,
+)
 
 API = "itel_cabinet_api_worker"
 TRACKING = "itel_cabinet_tracking_worker"
@@ -226,3 +230,46 @@ def test_batch_mode_sends_up_to_fifty_per_request(pipeline, itel_simulator):
     assert "POST /api/v1/tasks" not in routes
     ledger = pipeline.sends_table()
     assert ledger.filter(pl.col("outcome") == "accepted").height == len(valid)
+
+
+def test_same_event_twice_in_one_run_is_sent_once_and_committed(pipeline, itel_simulator):
+    records, twice, metadata = drain_with_a_retried_copy(pipeline, API, seed=61)
+    accepted = accepted_by_event(itel_simulator)
+    assert set(accepted) == {r.event_id for r in records}
+    assert all(len(v) == 1 for v in accepted.values())
+    ledger = pipeline.sends_table()
+    assert ledger.height == len(records) == ledger["event_id"].n_unique()
+    assert sum(m["already_handled"].value for m in metadata) == 1
+
+    # Published again later (another run): the ledger already holds it, nothing is sent.
+    pipeline.produce([twice])
+    assert all(r.success for r in pipeline.drain(API))
+    assert len(accepted_by_event(itel_simulator)[twice.event_id]) == 1
+    assert pipeline.lag(API) == 0
+
+
+def test_a_copy_redelivered_across_midnight_is_not_sent_again(pipeline, itel_simulator):
+    record = drain_a_copy_across_midnight(pipeline, API, seed=62)
+    assert len(accepted_by_event(itel_simulator)[record.event_id]) == 1
+    assert itel_simulator.stats()["total"] == 1
+    assert pipeline.sends_table()["event_id"].to_list() == [record.event_id]
+
+
+def test_claimx_down_sends_cabinet_and_notes_from_an_event_task_in_claimx_shape(
+        pipeline, claimx_simulator, itel_simulator):
+    claimx_simulator.set_faults(error_rate=1.0, error_status=503)
+    records = []
+    for record in generate_records(count=3, seed=63, days=1):
+        event = json.loads(record.value)
+        task = claimx_task(event["assignment_id"])  # ClaimX's shape: no flat cabinet_id / notes
+        task["custom_fields"]["cabinet_id"] = f"EVT-{event['event_id'][:6]}"
+        task["notes"] = f"notes of {event['event_id']}"
+        records.append(record._replace(value=json.dumps({**event, "task": task}).encode()))
+    pipeline.produce(records)
+    assert all(r.success for r in pipeline.drain(API))
+    accepted = accepted_by_event(itel_simulator)
+    assert set(accepted) == {r.event_id for r in records}
+    for event_id, [request] in accepted.items():
+        assert request["body"]["repair_details"] == {
+            "cabinet_id": f"EVT-{event_id[:6]}", "technician_notes": f"notes of {event_id}"}
+    assert pipeline.lag(API) == 0

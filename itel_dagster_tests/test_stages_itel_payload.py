@@ -43,6 +43,17 @@ def test_skipped_enrichment_falls_back_to_the_event_task_then_null():
         "cabinet_id": None, "technician_notes": None}
 
 
+def test_skipped_enrichment_reads_an_event_task_in_claimx_shape_first():
+    task = claimx_task(1_000_001)  # custom_fields.cabinet_id and notes, no flat names
+    rows = with_payloads(enriched(None, task), DEFAULT_PAYLOAD)
+    assert json.loads(rows["request_payload"][0])["repair_details"] == {
+        "cabinet_id": task["custom_fields"]["cabinet_id"], "technician_notes": task["notes"]}
+    both = {**task, "cabinet_id": "FLAT-1", "technician_notes": "flat notes"}
+    rows = with_payloads(enriched(None, both), DEFAULT_PAYLOAD)
+    assert json.loads(rows["request_payload"][0])["repair_details"] == {
+        "cabinet_id": task["custom_fields"]["cabinet_id"], "technician_notes": task["notes"]}
+
+
 def test_a_changed_contract_is_configuration():
     template = {"ref": "event.assignment_id", "cabinet": {"id": "claimx.custom_fields.cabinet_id"},
                 "origin": "=claimx-pipeline", "status": ["claimx.status", "event.task_status"]}

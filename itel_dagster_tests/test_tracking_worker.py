@@ -13,6 +13,10 @@ from datetime import datetime, timezone
 import polars as pl
 
 from itel_dagster.devstack.publisher.events import generate_records
+from itel_dagster_tests.fixtures.record_copies import (
+    drain_a_copy_across_midnight,
+    drain_with_a_retried_copy,
+)
 
 TRACKING = "itel_cabinet_tracking_worker"
 API = "itel_cabinet_api_worker"
@@ -165,3 +169,17 @@ def test_one_claimx_request_per_assignment_within_the_cache_window(pipeline, cla
     pipeline.produce(list(generate_records(count=150, seed=41, days=1)))
     pipeline.drain(TRACKING)
     assert claimx_simulator.stats()["routes"]["GET /api/v1/tasks/{assignment_id}"]["total"] == gets
+
+
+def test_same_event_twice_in_one_run_writes_one_row_and_commits(pipeline):
+    records, _, metadata = drain_with_a_retried_copy(pipeline, TRACKING, seed=42)
+    table = pipeline.tracking_table()
+    assert table.height == len(records) == table["event_id"].n_unique()
+    assert sum(m["delta_inserted"].value for m in metadata) == len(records)
+
+
+def test_a_copy_redelivered_across_midnight_adds_no_second_row(pipeline):
+    first = drain_a_copy_across_midnight(pipeline, TRACKING, seed=43)
+    table = pipeline.tracking_table()
+    assert table["event_id"].to_list() == [first.event_id]
+    assert table.select("year", "month", "day").row(0) == utc_day(first.timestamp_ms)

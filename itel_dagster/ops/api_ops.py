@@ -13,7 +13,7 @@ import polars as pl
 
 from itel_dagster.ops.shared_stage_ops import STAGE_IO
 from itel_dagster.ops.stage_batch import StageBatch
-from itel_dagster.resources.delta_tables import DeltaTablesResource
+from itel_dagster.resources.delta_tables import DeltaTablesResource, window_days
 from itel_dagster.resources.itel_api import ItelApiResource
 from itel_dagster.stages.error_records import stage_failures
 from itel_dagster.stages.itel_payload import with_payloads
@@ -38,14 +38,25 @@ def skip_already_sent(
     context: dg.OpExecutionContext, batch: StageBatch, delta: DeltaTablesResource
 ) -> StageBatch:
     """Events with a final outcome in the ledger were handled by an earlier run: not again.
+    An event read twice in this run (a producer retry) is sent once, from its first copy.
 
     A backfill (reconciliation) or a dead-letter replay skips only events iTel accepted: rejected
     and dead-lettered ones are sent again."""
     if batch.rows.is_empty():
         return batch
+    deduplicated = batch.without_duplicate_deliveries()
+    duplicates = deduplicated.already_handled - batch.already_handled
+    if duplicates:
+        worker_logger(batch.settings).info(
+            "%s: %d duplicate deliveries of events read earlier in this run, not sent again",
+            batch.source, duplicates)
+        context.add_output_metadata({"duplicates_in_run": duplicates})
+    batch = deduplicated
     only_accepted = None if batch.mode == "live" else pl.col("outcome") == "accepted"
+    # The records' days and dedupe_days before: a copy redelivered across midnight is found.
+    days = window_days(_days(batch.rows), batch.settings.dedupe_days)
     handled = delta.values_present(LEDGER_TABLE, "event_id", batch.rows["event_id"].to_list(),
-                                   _days(batch.rows), where=only_accepted)
+                                   days, where=only_accepted)
     if not handled:
         return batch
     remaining = batch.rows.filter(~pl.col("event_id").is_in(list(handled)))
@@ -99,8 +110,8 @@ def send_to_itel(
         # Per partition: the first event held back, and every later one, stay in Kafka.
         commit_before = dict(held_back.group_by("kafka_partition")
                              .agg(pl.col("kafka_offset").min()).rows())
-        log.warning("%s: circuit breaker %s; %d events stay in Kafka from offsets %s",
-                    batch.source, report.breaker_state, held_back.height,
+        log.warning("%s: %s; %d events stay in Kafka from offsets %s", batch.source,
+                    report.warning or f"circuit breaker {report.breaker_state}", held_back.height,
                     ", ".join(f"{p}:{o}" for p, o in sorted(commit_before.items())))
     metadata = {
         "sent": accepted.height + failed.height, "accepted": by_outcome.get("accepted", 0),
@@ -131,7 +142,8 @@ def write_send_ledger(
     answers the repeat with the same itel_id."""
     if batch.ledger is None or batch.ledger.is_empty():
         return batch
-    result = delta.writer(LEDGER_TABLE, key="ledger_key").merge_new_rows(batch.ledger)
+    writer = delta.writer(LEDGER_TABLE, key="ledger_key", dedupe_days=batch.settings.dedupe_days)
+    result = writer.merge_new_rows(batch.ledger)
     context.add_output_metadata({"ledger_rows_inserted": result.inserted,
                                  "ledger_version": result.version})
     return batch

@@ -14,6 +14,7 @@ import polars as pl
 from itel_dagster.kafka.day_window import DayWindow
 from itel_dagster.sensors.dispatch_plan import KafkaRange
 from itel_dagster.settings.workers import WorkerSettings, load_workers
+from itel_dagster.stages.duplicate_deliveries import first_copies
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,16 @@ class StageBatch:
             errors=self.errors + ([errors] if errors is not None and errors.height else []),
             counts={**self.counts, **counts},
         )
+
+    def without_duplicate_deliveries(self) -> StageBatch:
+        """Each event_id once: later copies read in this batch (a producer retry) are counted as
+        already handled and in `duplicates_in_run`, so every record read is accounted for once."""
+        firsts = first_copies(self.rows)
+        duplicates = self.rows.height - firsts.height
+        if not duplicates:
+            return self
+        return replace(self.next(firsts, duplicates_in_run=duplicates),
+                       already_handled=self.already_handled + duplicates)
 
     def error_count(self) -> int:
         return sum(frame.height for frame in self.errors)

@@ -41,7 +41,11 @@ def write_tracking_rows(
     context: dg.OpExecutionContext, batch: StageBatch, delta: DeltaTablesResource
 ) -> StageBatch:
     settings = batch.settings
-    writer = delta.writer(settings.delta_table or "itel_cabinet_task_tracking")
+    writer = delta.writer(settings.delta_table or "itel_cabinet_task_tracking",
+                          dedupe_days=settings.dedupe_days)
+    # An event read twice in this run (a producer retry): one row, one success record; the
+    # later copies count as already handled (duplicates_in_run in the run's metadata).
+    batch = batch.without_duplicate_deliveries()
     if batch.mode == "backfill":
         rows = None if batch.rows.is_empty() else tracking_rows(batch.rows, settings.column_mapping or {})
         return _replace_days(context, batch, rows, writer)

@@ -3,11 +3,22 @@
 
 Sources: `event.<column>` (the event's field), `event.task.<key>` (the event's own task object),
 `claimx.<path>` (the ClaimX task JSON), `=<text>` (a literal); a list takes the first non-null.
+An event's task may come in ClaimX's shape: `event.task.cabinet_id` reads
+`task.custom_fields.cabinet_id` first, `event.task.technician_notes` reads `task.notes` first.
 """
 
 from __future__ import annotations
 
 import polars as pl
+
+# The flat names of the event's task -> where a task in ClaimX's shape keeps them.
+CLAIMX_TASK_PATHS = {"cabinet_id": "custom_fields.cabinet_id", "technician_notes": "notes"}
+
+
+def _event_task_expr(path: str) -> pl.Expr:
+    paths = [CLAIMX_TASK_PATHS[path], path] if path in CLAIMX_TASK_PATHS else [path]
+    found = [pl.col("task_json").str.json_path_match(f"$.{p}") for p in paths]
+    return found[0] if len(found) == 1 else pl.coalesce(found)
 
 
 def _source_expr(source: str) -> pl.Expr:
@@ -16,7 +27,7 @@ def _source_expr(source: str) -> pl.Expr:
     if source.startswith("claimx."):
         return pl.col("claimx_task_full").str.json_path_match(f"$.{source[len('claimx.'):]}")
     if source.startswith("event.task."):
-        return pl.col("task_json").str.json_path_match(f"$.{source[len('event.task.'):]}")
+        return _event_task_expr(source[len("event.task."):])
     return pl.col(source[len("event."):])
 
 
