@@ -4,12 +4,14 @@ An injected clock stands for time, so nothing sleeps."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 
 import pytest
 
-from itel_dagster.resources.circuit_breaker import CircuitBreaker
+from itel_dagster.resources.circuit_breaker import FOREVER, CircuitBreaker, until_text
 
 
 class Clock:
@@ -171,3 +173,65 @@ def test_threshold_one_and_zero_cool_down(breaker_file, clock):
     assert b.state().state == "open"
     assert not b.is_open_now()
     assert b.allow_request()
+
+
+def test_a_hold_keeps_it_open_until_its_time_whatever_late_answers_say(breaker_file, clock):
+    b = breaker(breaker_file, clock, threshold=3, cool_down=30)
+    b.hold_open(clock.now + 3600, "iTel answered HTTP 429 with Retry-After 3600")
+
+    state = b.state()
+    assert (state.state, state.reopens_at, state.opened_count) == ("open", clock.now + 3600, 1)
+    assert state.cause == "iTel answered HTTP 429 with Retry-After 3600"
+    b.record_success()  # a request sent before the hold, answered late
+    clock.now += 3599
+    assert b.is_open_now() and not b.allow_request()
+    b.hold_open(clock.now + 0.5, "shorter")  # never shortened
+    assert b.state().reopens_at == 1_000.0 + 3600 and b.state().cause.startswith("iTel")
+    clock.now += 1
+    assert not b.is_open_now() and b.allow_request()  # the probe
+    b.record_success()
+    state = b.state()
+    assert (state.state, state.cause, state.reopens_at) == ("closed", None, None)
+
+
+def test_it_opens_with_the_cause_of_the_last_failure(breaker_file, clock):
+    b = breaker(breaker_file, clock, threshold=2, cool_down=30)
+    b.record_failure("iTel answered HTTP 503")
+    b.record_failure("iTel token endpoint refused the client credentials (HTTP 401)")
+    b.record_failure("late: does not replace the cause of an open breaker")
+
+    state = b.state()
+    assert state.state == "open"
+    assert state.cause == "iTel token endpoint refused the client credentials (HTTP 401)"
+
+
+def test_held_forever_until_closed_by_hand(breaker_file, clock):
+    b = breaker(breaker_file, clock, threshold=3, cool_down=30)
+    b.hold_open(FOREVER, "opened by hand: iTel maintenance")
+    clock.now += 10 * 365 * 86400
+    assert b.is_open_now() and not b.allow_request()
+    assert until_text(b.state().reopens_at).startswith("it is closed by hand")
+
+    b.close()
+    state = b.state()
+    assert (state.state, state.consecutive_failures, state.cause) == ("closed", 0, None)
+    assert b.allow_request()
+
+
+def test_a_state_file_of_the_earlier_schema_is_upgraded_in_place(breaker_file, clock):
+    breaker_file.parent.mkdir(parents=True)
+    with closing(sqlite3.connect(breaker_file)) as connection:
+        connection.execute(
+            "CREATE TABLE circuit_breaker (id INTEGER PRIMARY KEY CHECK (id = 1), state TEXT NOT "
+            "NULL, consecutive_failures INTEGER NOT NULL, opened_at REAL, probe_started_at REAL, "
+            "opened_count INTEGER NOT NULL)")
+        connection.execute("INSERT INTO circuit_breaker VALUES (1, 'open', 5, 990.0, NULL, 2)")
+        connection.commit()
+
+    b = breaker(breaker_file, clock, cool_down=30)
+
+    state = b.state()
+    assert (state.state, state.reopens_at, state.opened_count, state.cause) == (
+        "open", 1_020.0, 2, None)
+    b.hold_open(clock.now + 60, "held")
+    assert breaker(breaker_file, clock).state().reopens_at == clock.now + 60

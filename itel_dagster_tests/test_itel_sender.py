@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 
 import pytest
 
 from itel_dagster.devstack.simulators.itel import token_sha256
-from itel_dagster.resources.circuit_breaker import CircuitBreaker
+from itel_dagster.resources.circuit_breaker import CircuitBreaker, until_text
 from itel_dagster.resources.itel_auth import BearerAuth, OAuth2ClientCredentialsAuth
 from itel_dagster.resources.itel_sender import ItelSender, SendRequest
 from itel_dagster.settings.connections import ItelConnectionSettings
@@ -186,7 +191,7 @@ def test_itel_down_opens_the_breaker_and_holds_events_back_without_requests(
     assert first.breaker_state == "open" and first.skipped_by_breaker == 40
     assert first.requests_made <= 8 + 2  # the first wave in flight, then nothing
     assert any(o.attempts for o in first.outcomes)
-    assert first.warning == "circuit breaker open"
+    assert first.warning.startswith("circuit breaker open (iTel ")  # and what failed
     assert all(o.sent_at is None for o in first.outcomes)
     assert set(outcomes_of(second)) == {"not_sent"}
     assert second.requests_made == 0 and second.retried == 0
@@ -234,12 +239,26 @@ def test_connection_resets_are_retried_and_logged_by_exception_name(itel, tmp_pa
     assert all(" in " in line and not line.startswith("HTTP") for line in outcome.attempt_log[:2])
 
 
-def test_a_wrong_static_token_is_retried_once_then_rejected(itel, tmp_path):
-    settings = itel_settings(itel)
-    report = sender_for(settings, tmp_path, auth=BearerAuth("not-the-token")).send(events(2, 2))
+@pytest.mark.parametrize("refusal", [401, 403])
+def test_refused_requests_open_the_breaker_and_hold_every_event_back(itel, tmp_path, refusal):
+    # 401: a wrong token (each attempt once more after the 401, as for an expired one);
+    # 403: iTel forbids every request. The events are fine: they wait in Kafka.
+    auth = BearerAuth("not-the-token") if refusal == 401 else None
+    if refusal == 403:
+        itel.set_faults(error_rate=1.0, error_status=403)
+    sender = sender_for(itel_settings(itel, max_concurrency=1), tmp_path, auth=auth,
+                        threshold=3)
 
-    assert outcomes_of(report) == ["rejected", "rejected"]
-    assert [(o.status_code, o.attempts) for o in report.outcomes] == [(401, 2), (401, 2)]
+    report = sender.send(events(4, 2))
+
+    assert set(outcomes_of(report)) == {"not_sent"}
+    state = sender.breaker.state()
+    assert state.state == "open"
+    assert state.cause.startswith(f"iTel answers {refusal} to every request")
+    assert report.warning == f"circuit breaker open ({state.cause})"
+    first = report.outcomes[0]
+    assert first.attempts >= 1 and all(f"HTTP {refusal}" in line for line in first.attempt_log)
+    assert itel.accepted_requests() == []
 
 
 def test_oauth2_token_is_fetched_once_reused_and_refreshed_once_after_expiry(itel, tmp_path):
@@ -261,15 +280,21 @@ def test_oauth2_token_is_fetched_once_reused_and_refreshed_once_after_expiry(ite
     assert len(set(tokens[:20])) == 1 and len(set(tokens[20:])) == 1 and tokens[0] != tokens[-1]
 
 
-def test_refused_client_credentials_hold_every_event_back(itel, tmp_path):
+def test_refused_client_credentials_open_the_breaker_and_hold_every_event_back(itel, tmp_path):
     settings = oauth2_settings(itel)
     auth = OAuth2ClientCredentialsAuth(settings.oauth2.token_url, "itel-dev-client", "wrong")
+    sender = sender_for(settings, tmp_path, auth=auth, threshold=3)
 
-    report = sender_for(settings, tmp_path, auth=auth).send(events(5, 5))
+    report = sender.send(events(5, 5))
 
     assert set(outcomes_of(report)) == {"not_sent"}
     assert report.requests_made == 0
-    assert report.warning == "token request: HTTP 401 invalid_client"
+    cause = "iTel token endpoint refused the client credentials (HTTP 401)"
+    assert report.warning == f"circuit breaker open ({cause})"
+    state = sender.breaker.state()
+    assert (state.state, state.cause) == ("open", cause)
+    # Retried like an outage until the breaker opened, then no more token requests.
+    assert 3 <= itel.stats()["routes"]["POST /oauth/token"]["total"] <= 3 + 5
 
 
 def test_batch_mode_sends_far_fewer_requests_each_event_once_in_order(itel, tmp_path):
@@ -338,3 +363,113 @@ def test_no_secret_reaches_logs_or_reprs(itel, tmp_path, caplog):
     text = caplog.text + repr(sender.auth) + repr(settings) + repr(BearerAuth(itel.token))
     assert itel.client_secret not in text
     assert itel.token not in text
+
+
+def test_a_retry_after_past_the_limit_opens_the_breaker_until_then_instead_of_sleeping(
+        itel, tmp_path):
+    itel.set_faults(rate_limited=1, retry_after_seconds=3600)
+    sender = sender_for(itel_settings(itel, max_concurrency=1, max_retry_after_seconds=60),
+                        tmp_path, threshold=3)
+    began = time.time()
+
+    report = sender.send(events(4, 2))
+
+    assert time.time() - began < 5  # not 3600 s in a sender thread
+    assert set(outcomes_of(report)) == {"not_sent"}
+    assert report.outcomes[0].attempt_log[0].startswith("HTTP 429 Retry-After 3600 in ")
+    assert itel.stats()["total"] == 1
+    state = sender.breaker.state()
+    assert state.state == "open" and began + 3600 <= state.reopens_at <= time.time() + 3600
+    assert "Retry-After 3600" in state.cause
+    assert report.warning == (f"{state.cause}; circuit breaker open until "
+                              f"{until_text(state.reopens_at)}")
+    assert report.warning.endswith(" UTC")
+    later = sender.send(events(2, 2, first=4))
+    assert later.requests_made == 0 and set(outcomes_of(later)) == {"not_sent"}
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["one_by_one", "batch"])
+def test_a_non_ascii_event_id_is_sent_with_a_percent_encoded_idempotency_key(
+        itel, tmp_path, batch):
+    requests = events(4, 2)
+    requests[1] = replace(requests[1], event_id="évt-ü-1")
+    options = {"batch_endpoint": "/api/v1/tasks/batch"} if batch else {}
+    sender = sender_for(itel_settings(itel), tmp_path, **options)
+
+    first = sender.send(requests)
+    again = sender.send(requests)
+
+    assert outcomes_of(first) == outcomes_of(again) == ["accepted"] * 4
+    keys = sorted(r["idempotency_key"] for r in itel.accepted_requests())
+    assert keys == sorted(["evt-0", "%C3%A9vt-%C3%BC-1", "evt-2", "evt-3"])
+    # The same key each time: iTel answers the resend with the first itel_id.
+    assert [o.itel_id for o in again.outcomes] == [o.itel_id for o in first.outcomes]
+
+
+def test_an_event_that_cannot_be_sent_is_dead_lettered_with_the_reason_and_its_lane_goes_on(
+        itel, tmp_path):
+    requests = events(4, 2)
+    requests[0] = replace(requests[0], payload=12345)  # not bytes: httpx raises TypeError
+
+    report = sender_for(itel_settings(itel), tmp_path).send(requests)
+
+    bad = report.outcomes[0]
+    assert bad.outcome == "dead_lettered" and bad.status_code is None
+    assert "TypeError: Unexpected type for 'content'" in bad.response_body
+    assert outcomes_of(report)[1:] == ["accepted"] * 3  # requests[2] is the same assignment
+
+
+_SEND_UNTIL_INTERRUPTED = """
+import sys
+from pathlib import Path
+
+from itel_dagster.resources.circuit_breaker import CircuitBreaker
+from itel_dagster.resources.itel_auth import BearerAuth
+from itel_dagster.resources.itel_sender import ItelSender, SendRequest
+from itel_dagster.settings.connections import ItelConnectionSettings
+
+url, token, state, body = sys.argv[1:]
+settings = ItelConnectionSettings(name="itel", base_url=url, auth_token=token, max_concurrency=2,
+                                  rate_limit_per_second=1000, max_retries=5)
+sender = ItelSender(settings, CircuitBreaker(Path(state)), BearerAuth(token))
+sender.send([SendRequest(f"evt-{n}", 1_000_001 + n % 2, n, body.encode()) for n in range(60)])
+"""
+
+
+def test_an_interrupted_send_starts_no_further_request(itel, tmp_path):
+    """Dagster terminating a run raises in the run's main thread (SIGINT, as here): the sender's
+    threads must not go on sending their lanes after it."""
+    itel.set_faults(latency_ms=100)  # 60 events on 2 lanes: 3 s if nothing stopped them
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SEND_UNTIL_INTERRUPTED, itel.url, itel.token,
+         str(tmp_path / "breaker.sqlite"), json.dumps(payload(0, FIRST_ASSIGNMENT))],
+        stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 30
+    while len(itel.accepted_requests()) < 4:
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+    process.send_signal(signal.SIGINT)
+    interrupted_at = time.monotonic()
+    seen_then = len(itel.accepted_requests())
+    _, stderr = process.communicate(timeout=30)
+    exited_after = time.monotonic() - interrupted_at
+    time.sleep(0.3)
+
+    assert b"KeyboardInterrupt" in stderr
+    assert exited_after < 1.0
+    # At most the request each lane had on the wire finishes; no new one starts.
+    assert len(itel.accepted_requests()) <= seen_then + 2
+
+
+def test_an_event_whose_last_retry_opened_the_breaker_waits_in_kafka(itel, tmp_path):
+    # failure_threshold = max_retries + 1 (the most the settings allow): the last failure both
+    # opens the breaker and uses up the retries. The outage is to blame, not the event.
+    itel.set_faults(error_rate=1.0, error_status=503)
+    sender = sender_for(itel_settings(itel, max_retries=2), tmp_path, threshold=3)
+
+    [outcome] = sender.send(events(1, 1)).outcomes
+
+    assert (outcome.outcome, outcome.attempts) == ("not_sent", 3)
+    assert sender.breaker.is_open_now()

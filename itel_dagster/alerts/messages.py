@@ -111,13 +111,16 @@ def worker_runs_url(ui_base_url: str, worker: str) -> str:
 
 def breaker_open_alert(*, consecutive_failures: int, opened_at: str | None,
                        reopens_at: str | None, openings_total: int, worker: str,
-                       ui_base_url: str) -> Alert:
+                       ui_base_url: str, cause: str | None = None) -> Alert:
+    """reopens_at: when a probe may go (the cool-down's or a hold's end), as the text to show."""
+    until = f" until {reopens_at}" if reopens_at else ""
     return Alert(
         kind=BREAKER_OPEN,
         severity="error",
-        title="iTel circuit breaker opened: no sends, API runs paused",
+        title=f"iTel circuit breaker opened: no sends{until}, API runs paused",
         facts={
             "worker": worker,
+            "cause": cause,
             "consecutive_failures": consecutive_failures,
             "opened_at": opened_at,
             "probe_at": reopens_at,

@@ -4,14 +4,18 @@ Only failures that say something about iTel's health count (connection errors, t
 429); a 4xx rejection is an answer. Every read-modify-write is one `BEGIN IMMEDIATE` transaction,
 so across processes exactly one caller gets the probe after a cool-down. A `closed` seen by this
 object is trusted for `closed_recheck_seconds` (50 ms), so a healthy send costs no file access.
+It may also be held open until a set time (a long Retry-After, an operator): a late success does
+not close a hold, only a probe after it or `close()`. It records the cause of its opening.
 """
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -27,6 +31,23 @@ CREATE TABLE IF NOT EXISTS circuit_breaker (
     opened_count INTEGER NOT NULL
 )
 """
+# Added later: ALTERed into older files. open_until: a hold's end (NULL: the cool-down rules);
+# cause: the last failure's description, or why it was held open.
+_ADDED_COLUMNS = {"open_until": "REAL", "cause": "TEXT"}
+FOREVER = float("inf")  # held open until closed by hand
+
+
+def utc_text(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def until_text(epoch: float | None) -> str:
+    """When an open breaker lets a probe go, as alerts, logs and the CLI say it (UTC)."""
+    if epoch is None:
+        return "the cool-down ends"
+    if math.isinf(epoch):
+        return "it is closed by hand (itel-dagster breaker close)"
+    return utc_text(epoch)
 
 
 @dataclass(frozen=True)
@@ -34,8 +55,10 @@ class BreakerState:
     state: str  # closed | open | half_open
     consecutive_failures: int
     opened_at: float | None  # epoch seconds
-    reopens_at: float | None  # when a probe may go: end of the cool-down, or of a lost probe
+    reopens_at: float | None  # when a probe may go: end of the cool-down or hold (inf: closed
+    # by hand only), or of a lost probe
     opened_count: int  # how many times it opened in total
+    cause: str | None = None  # why it opened (or the last failure's cause while closed)
 
 
 @dataclass
@@ -45,6 +68,8 @@ class _Row:
     opened_at: float | None
     probe_started_at: float | None
     opened_count: int
+    open_until: float | None
+    cause: str | None
 
 
 class CircuitBreaker:
@@ -65,9 +90,16 @@ class CircuitBreaker:
         path.parent.mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as connection:
             connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("BEGIN IMMEDIATE")  # processes may create or upgrade it at once
             connection.execute(_SCHEMA)
+            present = {r[1] for r in connection.execute("PRAGMA table_info(circuit_breaker)")}
+            for column, kind in _ADDED_COLUMNS.items():
+                if column not in present:
+                    connection.execute(f"ALTER TABLE circuit_breaker ADD COLUMN {column} {kind}")
             connection.execute(
-                "INSERT OR IGNORE INTO circuit_breaker VALUES (1, ?, 0, NULL, NULL, 0)", (CLOSED,))
+                "INSERT OR IGNORE INTO circuit_breaker (id, state, consecutive_failures, "
+                "opened_count) VALUES (1, ?, 0, 0)", (CLOSED,))
+            connection.execute("COMMIT")
 
     def _connect(self) -> sqlite3.Connection:
         # Short-lived connections: runs are separate processes and may run concurrently.
@@ -75,8 +107,8 @@ class CircuitBreaker:
 
     def _read(self, connection: sqlite3.Connection) -> _Row:
         row = _Row(*connection.execute(
-            "SELECT state, consecutive_failures, opened_at, probe_started_at, opened_count "
-            "FROM circuit_breaker WHERE id = 1").fetchone())
+            "SELECT state, consecutive_failures, opened_at, probe_started_at, opened_count, "
+            "open_until, cause FROM circuit_breaker WHERE id = 1").fetchone())
         self._remember(row)
         return row
 
@@ -102,9 +134,10 @@ class CircuitBreaker:
                 yield row
                 connection.execute(
                     "UPDATE circuit_breaker SET state = ?, consecutive_failures = ?, "
-                    "opened_at = ?, probe_started_at = ?, opened_count = ? WHERE id = 1",
+                    "opened_at = ?, probe_started_at = ?, opened_count = ?, open_until = ?, "
+                    "cause = ? WHERE id = 1",
                     (row.state, row.consecutive_failures, row.opened_at, row.probe_started_at,
-                     row.opened_count))
+                     row.opened_count, row.open_until, row.cause))
                 connection.execute("COMMIT")
                 self._remember(row)
             except BaseException:
@@ -115,19 +148,25 @@ class CircuitBreaker:
         with closing(self._connect()) as connection:
             return self._read(connection)
 
+    def _open_ends(self, row: _Row) -> float:
+        """When an open breaker lets a probe go: the hold's end, else the cool-down's."""
+        if row.open_until is not None:
+            return row.open_until
+        return (row.opened_at or 0) + self.cool_down_seconds
+
     def state(self) -> BreakerState:
         row = self._snapshot()
         reopens_at = None
         if row.state == OPEN and row.opened_at is not None:
-            reopens_at = row.opened_at + self.cool_down_seconds
+            reopens_at = self._open_ends(row)
         elif row.state == HALF_OPEN and row.probe_started_at is not None:
             reopens_at = row.probe_started_at + self.probe_timeout_seconds
         return BreakerState(row.state, row.consecutive_failures, row.opened_at, reopens_at,
-                            row.opened_count)
+                            row.opened_count, row.cause)
 
     def is_open_now(self) -> bool:
         row = self._snapshot()
-        return row.state == OPEN and self.clock() < (row.opened_at or 0) + self.cool_down_seconds
+        return row.state == OPEN and self.clock() < self._open_ends(row)
 
     def allow_request(self) -> bool:
         """Whether a request may go now; after a cool-down True for exactly one caller, the
@@ -138,7 +177,7 @@ class CircuitBreaker:
             now = self.clock()
             if row.state == CLOSED:
                 return True
-            if row.state == OPEN and now < (row.opened_at or 0) + self.cool_down_seconds:
+            if row.state == OPEN and now < self._open_ends(row):
                 return False
             probe_lost = (row.state == HALF_OPEN and
                           now >= (row.probe_started_at or 0) + self.probe_timeout_seconds)
@@ -154,17 +193,48 @@ class CircuitBreaker:
         if row.state == CLOSED and row.consecutive_failures == 0:
             return
         with self._change() as row:
-            row.state, row.consecutive_failures = CLOSED, 0
-            row.opened_at = row.probe_started_at = None
+            if row.state == OPEN and row.open_until is not None:
+                return  # held: a late answer to a request sent before the hold ends nothing
+            self._close(row)
 
-    def record_failure(self) -> None:
-        """One failed attempt that speaks of iTel's health (connection, timeout, 5xx, 429)."""
+    def close(self) -> None:
+        """Closed now, whatever its state or hold (an operator's decision)."""
+        with self._change() as row:
+            self._close(row)
+
+    @staticmethod
+    def _close(row: _Row) -> None:
+        row.state, row.consecutive_failures = CLOSED, 0
+        row.opened_at = row.probe_started_at = row.open_until = None
+        row.cause = None
+
+    def record_failure(self, cause: str | None = None) -> None:
+        """One failed attempt that speaks of iTel's health (connection, timeout, 5xx, 429, the
+        credentials refused); `cause` says what failed, shown when it opens."""
         with self._change() as row:
             row.consecutive_failures += 1
             failed_probe = row.state == HALF_OPEN
+            if row.state != OPEN:
+                row.cause = cause or row.cause
             if failed_probe or (row.state == CLOSED and
                                 row.consecutive_failures >= self.failure_threshold):
-                row.state, row.opened_at, row.probe_started_at = OPEN, self.clock(), None
-                row.opened_count += 1
+                self._open(row)
             # Already open: a late failure of a request sent before it opened does not extend
             # the cool-down.
+
+    def _open(self, row: _Row, until: float | None = None) -> None:
+        row.state, row.opened_at, row.probe_started_at = OPEN, self.clock(), None
+        row.open_until = until
+        row.opened_count += 1
+
+    def hold_open(self, until: float, cause: str) -> None:
+        """Open until `until` (epoch seconds; FOREVER: until close()), or later if it already
+        is: no request, no probe before then."""
+        with self._change() as row:
+            if row.state != OPEN:
+                self._open(row, until)
+            elif until > self._open_ends(row):
+                row.open_until = until
+            else:
+                return  # open until later already, for its own cause
+            row.cause = cause

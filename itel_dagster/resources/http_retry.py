@@ -8,12 +8,32 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 
 import httpx
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 RETRY_EXCEPTIONS = (httpx.TransportError,)  # connect errors, timeouts, resets
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a Retry-After asks for: delta-seconds or an HTTP-date (RFC 9110); None when
+    absent or unreadable."""
+    if not value:
+        return None
+    try:
+        asked = float(value)
+    except ValueError:
+        try:
+            moment = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if moment.tzinfo is None:
+            return None
+        asked = moment.timestamp() - (time.time() if now is None else now)
+    return max(0.0, asked) if math.isfinite(asked) else None
 
 
 @dataclass(frozen=True)
@@ -29,16 +49,11 @@ class RetryRule:
         asks for more than our longest backoff then gets it)."""
         ceiling = min(self.backoff_max, self.backoff_base * 2 ** (retry_number - 1))
         jittered = rng.uniform(0, ceiling) if ceiling > 0 else 0.0
-        if retry_after:
-            try:
-                asked = float(retry_after)
-            except ValueError:
-                return jittered  # an HTTP-date Retry-After: fall back to our own backoff
-            wanted = max(jittered, asked)
-            if cap_retry_after:
-                return min(self.backoff_max, wanted)
-            return wanted if math.isfinite(wanted) else jittered
-        return jittered
+        asked = retry_after_seconds(retry_after)
+        if asked is None:
+            return jittered
+        wanted = max(jittered, asked)
+        return min(self.backoff_max, wanted) if cap_retry_after else wanted
 
 
 def is_retryable_status(status_code: int) -> bool:

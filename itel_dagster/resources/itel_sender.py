@@ -1,8 +1,9 @@
 """The API worker's final stage: sends built iTel payloads, one POST per event or batches of them,
 each assignment's events strictly in Kafka order, paced, retried, behind the shared breaker.
 
-It never raises for iTel being down or refusing: every event ends with an outcome. An event the
-breaker held back is `not_sent` (it stays in Kafka), never dead-lettered; no secret is logged.
+It never raises for iTel being down or refusing, nor for one event it cannot send: every event
+ends with an outcome. An event the breaker held back is `not_sent` (it stays in Kafka), never
+dead-lettered; no secret is logged. Interrupted (a run terminated), it sends nothing more.
 """
 
 from __future__ import annotations
@@ -16,13 +17,19 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from urllib.parse import quote
 
 import httpx
 
 from itel_dagster.metrics.pipeline_metrics import ApiCallMetrics
 from itel_dagster.resources.api_http_client import ApiHttpClient
-from itel_dagster.resources.circuit_breaker import CircuitBreaker
-from itel_dagster.resources.http_retry import RETRY_EXCEPTIONS, RetryRule, is_retryable_status
+from itel_dagster.resources.circuit_breaker import CircuitBreaker, until_text
+from itel_dagster.resources.http_retry import (
+    RETRY_EXCEPTIONS,
+    RetryRule,
+    is_retryable_status,
+    retry_after_seconds,
+)
 from itel_dagster.resources.itel_auth import TokenRequestError
 from itel_dagster.settings.connections import ItelConnectionSettings
 
@@ -30,11 +37,32 @@ logger = logging.getLogger(__name__)
 
 ACCEPTED, REJECTED, DEAD_LETTERED, NOT_SENT = "accepted", "rejected", "dead_lettered", "not_sent"
 FINAL_OUTCOMES = (ACCEPTED, REJECTED, DEAD_LETTERED)
+# Our credentials refused: a breaker failure like an outage (the events are fine), never a
+# rejection of the event. A 401 counts once a fresh token got one too.
+AUTH_REFUSED = frozenset({401, 403})
+
+
+def idempotency_key(event_id: str) -> str:
+    """The Idempotency-Key of an event: its event_id, percent-encoded (UTF-8) when it is not
+    printable ASCII, as an HTTP header must be. ASCII ids keep their key unchanged."""
+    if event_id.isascii() and event_id.isprintable():
+        return event_id
+    return quote(event_id, safe="")
+
+
+def refused_cause(status_code: int) -> str:
+    return f"iTel answers {status_code} to every request (credentials or permissions refused)"
+
+
+def _token_failure_cause(exc: TokenRequestError) -> str:
+    if exc.status_code in (400, 401, 403):  # invalid_client is 401 (or 400) in RFC 6749
+        return f"iTel token endpoint refused the client credentials (HTTP {exc.status_code})"
+    return f"iTel token endpoint failed: {exc}"
 
 
 @dataclass(frozen=True)
 class SendRequest:
-    event_id: str  # also the Idempotency-Key
+    event_id: str  # the Idempotency-Key, see idempotency_key()
     assignment_id: int
     order: int  # the Kafka offset: an assignment's events go in ascending order
     payload: bytes  # the JSON body
@@ -119,10 +147,17 @@ class _Call:
     requests_made: int = 0
     stopped: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    halt: threading.Event = field(default_factory=threading.Event)  # set once stopped
 
     def count_request(self) -> None:
         with self.lock:
             self.requests_made += 1
+
+    def stop(self, reason: str) -> None:
+        """No request starts after this; waits (pacing, backoff) end at once."""
+        with self.lock:
+            self.stopped = self.stopped or reason
+        self.halt.set()
 
 
 class _Pacer:
@@ -134,13 +169,13 @@ class _Pacer:
         self._next = 0.0
         self._lock = threading.Lock()
 
-    def wait(self) -> None:
+    def wait(self, halt: threading.Event) -> None:
         with self._lock:
             now = time.monotonic()
             slot = max(now, self._next)
             self._next = slot + self.interval
         if slot > now:
-            time.sleep(slot - now)
+            halt.wait(slot - now)
 
 
 def _ms(since: float) -> int:
@@ -223,22 +258,22 @@ class ItelSender:
 
     def _attempt(self, call: _Call, method: str, path: str, content: bytes,
                        headers: dict[str, str]) -> _Answer | None:
-        """One request; None when sending has stopped (breaker open, token refused)."""
-        self._pacer.wait()
+        """One request; None when sending has stopped (breaker open, interrupted)."""
+        self._pacer.wait(call.halt)
         if call.stopped:
             return None
         if not self.breaker.allow_request():
-            call.stopped = f"circuit breaker {self.breaker.state().state}"
+            state = self.breaker.state()
+            call.stop(f"circuit breaker {state.state}" + (f" ({state.cause})" if state.cause
+                                                          else ""))
             return None
         started = time.perf_counter()
         try:
             auth_headers = self.auth.headers(call.client.client)
         except TokenRequestError as exc:
-            if not exc.retryable:  # iTel answered: healthy, but our credentials are refused
-                self.breaker.record_success()
-                call.stopped = str(exc)
-                return None
-            self.breaker.record_failure()
+            # Refused credentials fail like an outage: retried, and the breaker opens (the
+            # events stay in Kafka) instead of a run that sends nothing being dispatched again.
+            self.breaker.record_failure(_token_failure_cause(exc))
             return _Answer(started, f"{exc} in {_ms(started)} ms", retryable=True)
         call.count_request()
         sent = time.perf_counter()
@@ -247,19 +282,36 @@ class ItelSender:
                                                  headers={**headers, **auth_headers})
         except RETRY_EXCEPTIONS as exc:
             call.metrics.request_done(None, time.perf_counter() - sent)
-            self.breaker.record_failure()
+            self.breaker.record_failure(f"iTel unreachable ({type(exc).__name__})")
             return _Answer(started, f"{type(exc).__name__} in {_ms(started)} ms", True,
                            auth_headers=auth_headers)
-        call.metrics.request_done(response.status_code, time.perf_counter() - sent)
-        retryable = is_retryable_status(response.status_code)
-        if retryable:
-            self.breaker.record_failure()
-        else:
+        status = response.status_code
+        call.metrics.request_done(status, time.perf_counter() - sent)
+        retryable = is_retryable_status(status) or status in AUTH_REFUSED
+        if status == 403:
+            self.breaker.record_failure(refused_cause(status))
+        elif retryable and status != 401:  # a 401 counts once a fresh token got one too
+            self.breaker.record_failure(f"iTel answered HTTP {status}")
+        elif not retryable:
             self.breaker.record_success()  # an answer, even a 4xx, says iTel is up
-        retry_after = response.headers.get("Retry-After") if retryable else None
+        retry_after = response.headers.get("Retry-After") if is_retryable_status(status) else None
         waited = f" Retry-After {retry_after}" if retry_after else ""
-        return _Answer(started, f"HTTP {response.status_code}{waited} in {_ms(started)} ms",
+        self._hold_for_long_retry_after(call, status, retry_after)
+        return _Answer(started, f"HTTP {status}{waited} in {_ms(started)} ms",
                        retryable, response, retry_after, auth_headers)
+
+    def _hold_for_long_retry_after(self, call: _Call, status: int, retry_after: str | None) -> None:
+        """A Retry-After beyond max_retry_after_seconds is not slept in a sender thread: the
+        breaker opens until then (runs pause, events wait in Kafka) and sending stops."""
+        asked = retry_after_seconds(retry_after)
+        limit = self.settings.max_retry_after_seconds
+        if asked is None or asked <= limit:
+            return
+        until = time.time() + asked
+        cause = (f"iTel answered HTTP {status} with Retry-After {retry_after} "
+                 f"(over max_retry_after_seconds {limit:g})")
+        self.breaker.hold_open(until, cause)
+        call.stop(f"{cause}; circuit breaker open until {until_text(until)}")
 
     def _attempt_reauthorized(self, call: _Call, method: str, path: str, content: bytes,
                                     headers: dict[str, str], note_401) -> _Answer | None:
@@ -270,12 +322,17 @@ class ItelSender:
             note_401(answer)
             self.auth.invalidate(answer.auth_headers)
             answer = self._attempt(call, method, path, content, headers)
+            if answer is not None and answer.response is not None and (
+                    answer.response.status_code == 401):
+                self.breaker.record_failure(refused_cause(401))
         return answer
 
     def _backoff(self, track: _Track, retry_after: str | None) -> float | None:
-        """Seconds until the track's next retry, or None (and dead-lettered) when out of them."""
+        """Seconds until the track's next retry, or None when out of them: dead-lettered, unless
+        its last failure opened the breaker (an outage, not the event: it stays in Kafka)."""
         if track.retries >= self.settings.max_retries:
-            track.finish(DEAD_LETTERED)
+            if not self.breaker.is_open_now():
+                track.finish(DEAD_LETTERED)
             return None
         track.retries += 1
         return self.retry.delay(track.retries, retry_after, cap_retry_after=False)
@@ -295,20 +352,42 @@ class ItelSender:
             for track in group:
                 if call.stopped:
                     return
-                self._send_one(call, track)
+                try:
+                    self._send_one(call, track)
+                except Exception as exc:  # noqa: BLE001 - one event's problem is its outcome
+                    self._dead_letter_unexpected(track, exc)
 
-        self._on_threads(in_order, list(by_assignment.values()))
+        self._on_threads(call, in_order, list(by_assignment.values()))
 
-    def _on_threads(self, work, items: list) -> None:
-        """work(item) for every item, at most max_concurrency at a time."""
+    def _dead_letter_unexpected(self, track: _Track, exc: Exception) -> None:
+        """An exception nothing above expects (a bug, an unsendable value) ends this event, not
+        the whole send: dead-lettered with the reason, and its lane goes on."""
+        if track.outcome is not None:
+            return
+        reason = f"not sent: {type(exc).__name__}: {exc}"
+        logger.warning("iTel send of event %r failed unexpectedly: %s", track.request.event_id,
+                       reason)
+        track.note(time.perf_counter(), reason, None, reason[:self.max_response_chars])
+        track.finish(DEAD_LETTERED)
+
+    def _on_threads(self, call: _Call, work, items: list) -> None:
+        """work(item) for every item, at most max_concurrency at a time. Interrupted (Dagster
+        terminating the run raises in this thread), the threads start no further request and
+        wake from their waits; only requests already on the wire finish."""
         if not items:
             return
         workers = max(1, min(self.settings.max_concurrency, len(items)))
         with ThreadPoolExecutor(workers, thread_name_prefix="itel-send") as pool:
-            list(pool.map(work, items))
+            try:
+                list(pool.map(work, items))
+            except BaseException:
+                call.stop("interrupted")
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
 
     def _send_one(self, call: _Call, track: _Track) -> None:
-        headers = {"Idempotency-Key": track.request.event_id, "Content-Type": "application/json"}
+        headers = {"Idempotency-Key": idempotency_key(track.request.event_id),
+                   "Content-Type": "application/json"}
         while True:
             answer = self._attempt_reauthorized(
                 call, self.settings.method, self.settings.endpoint, track.request.payload,
@@ -321,10 +400,12 @@ class ItelSender:
                 if response.is_success:
                     return track.finish(ACCEPTED, _json_field(response, "itel_id"))
                 return track.finish(REJECTED)
+            if call.stopped:
+                return  # e.g. a Retry-After past max_retry_after_seconds: not sent
             wait = self._backoff(track, answer.retry_after)
             if wait is None:
                 return
-            time.sleep(wait)
+            call.halt.wait(wait)
 
     # -- batches: round after round of each assignment's next event ------------------------------
 
@@ -347,10 +428,11 @@ class ItelSender:
             now = time.monotonic()
             heads = [q[0] for q in queues.values() if q[0].not_before <= now]
             if not heads:
-                time.sleep(max(0.0, min(q[0].not_before for q in queues.values()) - now))
+                call.halt.wait(max(0.0, min(q[0].not_before for q in queues.values()) - now))
                 continue
             chunks = [heads[i:i + self.batch_size] for i in range(0, len(heads), self.batch_size)]
-            self._on_threads(lambda chunk: self._send_batch(call, chunk, tasks), chunks)
+            self._on_threads(call, lambda chunk: self._send_batch_or_dead_letter(
+                call, chunk, tasks), chunks)
             for assignment_id in list(queues):
                 queue = queues[assignment_id]
                 if queue[0].outcome is not None:
@@ -358,9 +440,17 @@ class ItelSender:
                 if not queue:
                     del queues[assignment_id]
 
+    def _send_batch_or_dead_letter(self, call: _Call, chunk: list[_Track], tasks: dict) -> None:
+        try:
+            self._send_batch(call, chunk, tasks)
+        except Exception as exc:  # noqa: BLE001 - the chunk's problem is its events' outcome
+            for track in chunk:
+                self._dead_letter_unexpected(track, exc)
+
     def _send_batch(self, call: _Call, chunk: list[_Track], tasks: dict) -> None:
         body = json.dumps([
-            {"idempotency_key": t.request.event_id, "task": tasks[t.request.event_id]}
+            {"idempotency_key": idempotency_key(t.request.event_id),
+             "task": tasks[t.request.event_id]}
             for t in chunk]).encode()
         prefix = f"batch of {len(chunk)}: "
         answer = self._attempt_reauthorized(
@@ -373,6 +463,8 @@ class ItelSender:
             self._map_results(chunk, answer, prefix + answer.line)
             return
         self._note_all(chunk, answer, prefix)
+        if answer.retryable and call.stopped:
+            return  # e.g. a Retry-After past max_retry_after_seconds: the chunk is not sent
         for track in chunk:
             if answer.retryable:
                 wait = self._backoff(track, answer.retry_after)

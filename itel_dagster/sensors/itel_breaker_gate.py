@@ -3,8 +3,7 @@ while the iTel connection is not configured (a run would only fail). Events wait
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
+from itel_dagster.resources.circuit_breaker import until_text
 from itel_dagster.resources.itel_api import breaker_for
 from itel_dagster.settings.connections import load_itel_connection
 from itel_dagster.settings.env_yaml import ConfigError
@@ -19,8 +18,6 @@ def itel_breaker_gate() -> str | None:
     breaker = breaker_for(settings)
     if breaker.is_open_now():
         state = breaker.state()
-        until = datetime.fromtimestamp(state.reopens_at, tz=timezone.utc).isoformat(
-            timespec="seconds") if state.reopens_at else "the cool-down ends"
-        return (f"iTel circuit breaker open after {state.consecutive_failures} failed attempts; "
-                f"no sends until {until}")
+        cause = state.cause or f"{state.consecutive_failures} failed attempts"
+        return f"iTel circuit breaker open ({cause}); no sends until {until_text(state.reopens_at)}"
     return None

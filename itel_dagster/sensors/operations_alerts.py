@@ -22,6 +22,7 @@ from itel_dagster.alerts.messages import (
 from itel_dagster.alerts.webhook import NOT_CONFIGURED, post_alert
 from itel_dagster.kafka.offsets import kept_group_progress
 from itel_dagster.resources.circuit_breaker import CLOSED as BREAKER_CLOSED
+from itel_dagster.resources.circuit_breaker import until_text
 from itel_dagster.resources.itel_api import breaker_for
 from itel_dagster.settings.alerts import AlertSettings, load_alert_settings
 from itel_dagster.settings.connections import load_itel_connection
@@ -54,8 +55,8 @@ def breaker_alerts(settings: AlertSettings, cursor: AlertCursor) -> tuple[list[A
         if event == OPENED:
             alerts.append(breaker_open_alert(
                 consecutive_failures=state.consecutive_failures, opened_at=_utc(state.opened_at),
-                reopens_at=_utc(state.reopens_at), openings_total=state.opened_count,
-                worker=API_WORKER, ui_base_url=settings.ui_base_url))
+                reopens_at=until_text(state.reopens_at), openings_total=state.opened_count,
+                worker=API_WORKER, ui_base_url=settings.ui_base_url, cause=state.cause))
         elif event == CLOSED and settings.circuit_breaker.notify_recovered:
             alerts.append(breaker_closed_alert(worker=API_WORKER, ui_base_url=settings.ui_base_url))
     return alerts, [f"breaker {state.state}"]

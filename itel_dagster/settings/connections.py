@@ -116,6 +116,8 @@ class ItelConnectionSettings(HttpConnectionSettings):
     endpoint: str = "/api/v1/tasks"
     method: Literal["POST", "PUT"] = "POST"
     rate_limit_per_second: float = Field(20.0, gt=0)
+    # A longer Retry-After is not slept: the breaker opens until then (events wait in Kafka).
+    max_retry_after_seconds: float = Field(60.0, ge=0)
     oauth2: OAuth2ClientCredentials = OAuth2ClientCredentials()
     batch: BatchSettings = BatchSettings()
     circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
