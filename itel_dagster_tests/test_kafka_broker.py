@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import base64
+import random
 import time
 import uuid
 
+import pytest
+
 from click.testing import CliRunner
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, ConfigResource
 
 from itel_dagster.cli import main
 from itel_dagster.devstack.kafka.broker import LocalKafkaBroker, new_cluster_id
 from itel_dagster.devstack.kafka.topics import ensure_topics, pipeline_topics
+from itel_dagster.kafka.results_producer import DeliveryFailed, ResultsProducer
 from itel_dagster.settings.workers import load_workers
 
 PIPELINE_TOPICS = {
@@ -67,6 +71,28 @@ def test_pipeline_topics_are_created_idempotently(kafka_bootstrap):
     metadata = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=10)
     for name in PIPELINE_TOPICS:
         assert len(metadata.topics[name].partitions) == 3
+
+
+def test_result_topics_take_records_up_to_two_mib(kafka_bootstrap):
+    suffix = uuid.uuid4().hex[:8]
+    kinds = {f"shape.errors.{suffix}": "errors", f"shape.success.{suffix}": "success",
+             f"shape.input.{suffix}": "input"}
+    ensure_topics(kafka_bootstrap, kinds, partitions=1)
+    big = random.Random(5).randbytes(1_500_000)  # incompressible: lz4 leaves it this size
+    producer = ResultsProducer(kafka_bootstrap)
+    for name in (f"shape.errors.{suffix}", f"shape.success.{suffix}"):
+        producer.send(name, [(b"k", big)])
+    producer.flush(30)
+    producer.send(f"shape.input.{suffix}", [(b"k", big)])
+    with pytest.raises(DeliveryFailed, match="MSG_SIZE_TOO_LARGE"):
+        producer.flush(30)
+
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in kinds]
+    configs = {r.name: f.result(10) for r, f in admin.describe_configs(resources).items()}
+    assert {name: configs[name]["max.message.bytes"].value for name in kinds} == {
+        f"shape.errors.{suffix}": "2097152", f"shape.success.{suffix}": "2097152",
+        f"shape.input.{suffix}": "1048588"}  # the input topic keeps the broker's default
 
 
 def test_round_trip(kafka_bootstrap, make_topic):

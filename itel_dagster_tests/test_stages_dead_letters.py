@@ -15,7 +15,6 @@ from itel_dagster.stages.dead_letters import (
     REPLAY_LOG_SCHEMA,
     REPLAYED,
     error_days,
-    original_payload_bytes,
     parse_dead_letters,
     replay_batch,
     replay_log,
@@ -23,7 +22,12 @@ from itel_dagster.stages.dead_letters import (
     select_for_replay,
     with_next_attempt,
 )
-from itel_dagster.stages.error_records import error_record_messages, error_records, stage_failures
+from itel_dagster.stages.error_records import (
+    bytes_of,
+    error_record_messages,
+    error_records,
+    stage_failures,
+)
 from itel_dagster.stages.raw_batch import raw_batch_from_records
 from itel_dagster.stages.transform import transform
 from itel_dagster.stages.validate import validate
@@ -72,7 +76,9 @@ def test_error_records_replay_the_original_records_byte_for_byte():
     batch = replay_batch(originals)
 
     expected = raw_batch_from_records(records)
-    assert batch.drop("attempt").sort("kafka_offset").equals(expected)
+    assert batch.drop("attempt", "payload_truncated", "original_payload_bytes").sort(
+        "kafka_offset").equals(expected)
+    assert not batch["payload_truncated"].any()
     assert batch["value"].to_list()[3] == NOT_UTF8  # non-UTF-8 back from base64
     assert batch["value"].to_list()[4] == b"base64:not really"  # a text that only looks like it
     assert set(batch["attempt"]) == {2}
@@ -136,8 +142,37 @@ def test_failures_of_a_replay_carry_the_next_attempt_and_outcomes_are_logged():
     assert set(log.select("year", "month", "day").rows()) == {(2026, 11, 28)}
 
 
-def test_original_payload_bytes():
-    assert original_payload_bytes(None) is None
-    assert original_payload_bytes('{"a": 1}') == b'{"a": 1}'
-    assert original_payload_bytes("base64:/w==") == b"\xff"
-    assert original_payload_bytes("base64:YWJj") == b"base64:YWJj"  # "abc" is UTF-8: literal text
+def test_bytes_of_a_payload_or_key_text():
+    assert bytes_of(None) is None
+    assert bytes_of('{"a": 1}') == b'{"a": 1}'
+    assert bytes_of("base64:/w==") == b"\xff"
+    assert bytes_of("base64:YWJj") == b"base64:YWJj"  # "abc" is UTF-8: literal text
+
+
+def test_a_truncated_payload_is_never_replayed_as_the_record():
+    big = orjson.dumps(tracking_event(world.FIRST_ASSIGNMENT_ID, notes="n" * 5_000, task_id="x"))
+    record = KafkaRecord(TOPIC, 0, 900, KAFKA_MS, b"\xffkey", big)
+    errors = dead_lettered([record])
+    on_topic = [KafkaRecord(ERROR_TOPIC, 0, 40, ERROR_MS, key, value)
+                for key, value, _ in error_record_messages(errors, max_payload_bytes=2_000)]
+    dead_letters = parse_dead_letters(on_topic)
+    assert dead_letters["payload_truncated"].to_list() == [True]
+    originals = replay_originals(select_for_replay(dead_letters, [], set()))
+    batch = replay_batch(originals)
+    assert batch["kafka_key"].to_list() == dead_letters["kafka_key"].to_list()  # base64 key kept
+
+    result = validate(transform(batch, worker=WORKER), world.ITEL_TASK_ID)
+    assert result.valid.is_empty()
+    again = with_next_attempt(error_records(result.errors, WORKER, "validate"), originals)
+    [row] = again.rows(named=True)
+    assert (row["stage"], row["error_type"], row["attempt"]) == ("validate", "truncated_payload", 2)
+    assert "only the start an error record kept of a" in row["error_message"]
+    # The new error record is the old one's payload and facts, not a hash of the cut text.
+    assert row["event_id"] == errors["event_id"][0]
+    [(key, value, _)] = error_record_messages(again, max_payload_bytes=2_000)
+    republished, first = orjson.loads(value), orjson.loads(on_topic[0].value)
+    assert key == b"\xffkey"
+    for name in ("original_payload", "original_payload_bytes", "original_payload_sha256",
+                 "payload_truncated"):
+        assert republished[name] == first[name]
+    assert first["original_payload_bytes"] == len(big)

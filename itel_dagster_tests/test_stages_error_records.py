@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from datetime import datetime, timezone
 
 import orjson
@@ -70,6 +71,9 @@ def test_validation_errors_as_json_messages():
         "kafka_timestamp": "2026-11-28T12:34:56.789Z",
         "kafka_key": "key-1",
         "original_payload": orjson.dumps(wrong).decode(),
+        "original_payload_bytes": len(orjson.dumps(wrong)),
+        "original_payload_sha256": None,  # the whole payload is there
+        "payload_truncated": False,
         "failed_at": "2026-11-28T12:40:01.250000Z",
     }
 
@@ -141,3 +145,48 @@ def test_rows_without_event_id_and_empty_frames():
 def test_unknown_stage_is_a_programming_error():
     with pytest.raises(ValueError, match="unknown stage 'enrich'"):
         error_records(validated([b"{oops"]).errors, WORKER, "enrich")
+
+
+def test_payload_over_the_budget_is_cut_with_its_size_and_sha256():
+    notes = 'door "B"\n\x01 hinge; ' * 400  # quotes, a line break, a control character: escaped
+    text = orjson.dumps(tracking_event(world.FIRST_ASSIGNMENT_ID, notes=notes, task_id="x"))
+    binary = b"\xff" + bytes(range(256)) * 40
+    small = orjson.dumps(tracking_event(world.FIRST_ASSIGNMENT_ID + 1, task_id="abc"))
+    errors = validated([text, binary, small]).errors
+    records = error_records(errors, WORKER, "validate", failed_at=FAILED_AT)
+
+    messages = error_record_messages(records, max_payload_bytes=2_000)
+    by_offset = {orjson.loads(value)["kafka_offset"]: (value, dict(headers))
+                 for _, value, headers in messages}
+    for offset, original in ((500, text), (501, binary)):
+        value, headers = by_offset[offset]
+        record = orjson.loads(value)
+        payload = record["original_payload"]
+        assert len(orjson.dumps(payload)) - 2 <= 2_000  # as the record's JSON spells it
+        assert record["payload_truncated"] is True and headers["payload_truncated"] == b"true"
+        assert record["original_payload_bytes"] == len(original)
+        assert record["original_payload_sha256"] == hashlib.sha256(original).hexdigest()
+        kept, marker = payload.split("...[payload truncated: first ")
+        assert marker.endswith(f" of {len(original)} bytes kept; sha256 "
+                               f"{hashlib.sha256(original).hexdigest()}]")
+        if offset == 501:  # base64 cut at a whole group: the start of the value decodes
+            start = base64.b64decode(kept.removeprefix("base64:"))
+            assert original.startswith(start) and len(start) > 1_000
+        else:
+            assert original.decode().startswith(kept) and len(kept) > 1_000
+    record = orjson.loads(by_offset[502][0])
+    assert record["original_payload"] == small.decode() and record["payload_truncated"] is False
+    assert record["original_payload_bytes"] == len(small)
+    assert record["original_payload_sha256"] is None
+    # Within the default budget (256 KiB) nothing is cut.
+    assert all(orjson.loads(value)["payload_truncated"] is False
+               for _, value, _ in error_record_messages(records))
+    assert records["payload_truncated"].null_count() == 3  # the caller's frame is untouched
+
+
+def test_a_key_that_is_not_utf8_is_the_message_key_and_base64_in_the_record():
+    raw = raw_batch_from_records([(TOPIC, 0, 9, KAFKA_MS, b"\xffk\x00", b"{oops")])
+    errors = validate(transform(raw, worker=WORKER), world.ITEL_TASK_ID).errors
+    [(key, value, headers)] = error_record_messages(error_records(errors, WORKER, "validate"))
+    assert key == b"\xffk\x00"
+    assert orjson.loads(value)["kafka_key"] == "base64:" + base64.b64encode(b"\xffk\x00").decode()

@@ -38,7 +38,7 @@ def test_raw_batch_columns_keys_and_timestamps():
         ]
     )
     assert raw.schema == RAW_BATCH_SCHEMA
-    assert raw["kafka_key"].to_list() == ["k1", None, None]
+    assert raw["kafka_key"].to_list() == ["k1", "base64://4=", None]  # a key not UTF-8: base64
     assert raw["kafka_timestamp"].to_list() == [
         datetime(2026, 11, 28, 12, 34, 56, 789000, tzinfo=timezone.utc),
         None,  # Kafka's -1: no timestamp
@@ -235,3 +235,49 @@ def test_one_ingested_at_per_batch_in_utc_and_empty_batch():
     assert out["worker"].unique().to_list() == ["itel_cabinet_api_worker"]
     assert transformed([]).schema == TRANSFORMED_SCHEMA
     assert transformed([b"{oops"]).schema == TRANSFORMED_SCHEMA
+
+
+def nested(depth: int, inner: bytes = b"1") -> bytes:
+    """JSON `{"a":{"a":...inner...}}`, `depth` objects deep, built without recursion."""
+    return b'{"a":' * depth + inner + b"}" * depth
+
+
+def test_json_nested_deeper_than_parsers_go_is_a_too_deep_row_never_a_crash():
+    event = orjson.dumps(tracking_event(world.FIRST_ASSIGNMENT_ID))
+    deep_task = event[:-1] + b',"task":' + nested(300) + b"}"  # parsed, but not writable back
+    deep_unread = event[:-1] + b',"attachments":' + nested(300) + b"}"
+    deep_event_id = event.replace(b'"event_id":', b'"event_id":' + b"[" * 300 + b"]" * 300
+                                  + b',"was_event_id":')
+    values = [b"[" * 100_000 + b"]" * 100_000, event[:-1] + b',"x":' + nested(40_000) + b"}",
+              deep_task, deep_unread, deep_event_id]
+    out = transformed(values)
+    assert out.height == len(values)
+    assert out["parse_error"].to_list() == ["too_deep", "too_deep", "too_deep", None, None]
+    assert out["parse_error_reason"][0] == (
+        "record value nests JSON deeper than 1024 levels; not decoded")
+    assert "task or project object nests JSON deeper than 254 levels" in out["parse_error_reason"][2]
+    assert out["event_id"][2] == tracking_event(world.FIRST_ASSIGNMENT_ID)["event_id"]
+    assert out["original_payload"].to_list() == [v.decode() for v in values]
+
+    verdict = validate(out, expected_task_id=world.ITEL_TASK_ID)
+    assert verdict.valid["event_id"].to_list() == [
+        tracking_event(world.FIRST_ASSIGNMENT_ID)["event_id"]]  # the unread deep field is fine
+    errors = dict(zip(verdict.errors["kafka_offset"], verdict.errors["error_type"]))
+    assert errors == {100: "too_deep", 101: "too_deep", 102: "too_deep", 104: "wrong_type"}
+    [reason] = verdict.errors.filter(pl.col("kafka_offset") == 104)["reason"]
+    assert reason.startswith("event_id is <nested deeper than 254 levels> (array)")
+
+
+def test_a_replayed_truncated_payload_is_refused_undecoded():
+    good = orjson.dumps(tracking_event(world.FIRST_ASSIGNMENT_ID))
+    cut = good[:50] + b"...[payload truncated: first 50 of 900000 bytes kept; sha256 ab]"
+    raw = raw_of([good, cut]).with_columns(
+        payload_truncated=pl.Series([False, True]),
+        original_payload_bytes=pl.Series([len(good), 900_000]))
+    out = transform(raw, worker="w", max_record_bytes=60)  # the cut value is over it
+    assert out["parse_error"].to_list() == ["oversized", "truncated_payload"]
+    assert out["parse_error_reason"][1].startswith(
+        "record value is only the start an error record kept of a 900000-byte payload")
+    assert out["original_payload"][1] == cut.decode()
+    verdict = validate(out, expected_task_id=world.ITEL_TASK_ID, max_record_bytes=60)
+    assert verdict.errors["error_type"].to_list() == ["oversized", "truncated_payload"]

@@ -88,9 +88,19 @@ def test_integer_project_id_is_normalized_to_string():
             "task_id is 'abc' (string), expected an integer",
         ),
         (
-            event_bytes(task_id="32513"),
+            event_bytes(task_id="032513"),
             "wrong_type",
-            "task_id is '32513' (string), expected an integer",
+            "task_id is '032513' (string), expected an integer",
+        ),
+        (
+            event_bytes(task_id="32513.0"),
+            "wrong_type",
+            "task_id is '32513.0' (string), expected an integer",
+        ),
+        (
+            event_bytes(assignment_id="1" * 30),
+            "wrong_type",
+            f"assignment_id is '{'1' * 30}', outside the 64-bit integer range",
         ),
         (
             event_bytes(assignment_id="x12"),
@@ -148,9 +158,22 @@ def test_one_error_type_and_every_field_problem_in_the_reason():
 
 
 def test_long_values_are_cut_in_reasons():
-    error_type, reason = only_error(event_bytes(task_id="9" * 500))
+    error_type, reason = only_error(event_bytes(task_id="x" * 500))
     assert error_type == "wrong_type"
-    assert reason == f"task_id is '{'9' * 80}…' (string), expected an integer"
+    assert reason == f"task_id is '{'x' * 80}…' (string), expected an integer"
+    assert only_error(event_bytes(task_id="9" * 500))[1] == (
+        f"task_id is '{'9' * 80}…', outside the 64-bit integer range")
+
+
+def test_ids_as_decimal_strings_are_normalised_to_integers():
+    # int64 ids often travel as JSON strings (JavaScript, protobuf's JSON mapping).
+    value = event_bytes(task_id=str(EXPECTED_TASK_ID), assignment_id="5000123")
+    result = validate(events_of([value]), EXPECTED_TASK_ID)
+    assert result.errors.is_empty()
+    assert result.valid.select("task_id", "assignment_id").rows() == [(EXPECTED_TASK_ID, 5000123)]
+    assert result.valid.schema["task_id"] == pl.Int64
+    assert only_error(event_bytes(task_id="32514")) == (
+        "wrong_task_id", "task_id is 32514, expected 32513")
 
 
 def test_expected_task_id_comes_from_the_caller():

@@ -231,7 +231,8 @@ def finish_replay(
 
     producer = kafka.results_producer(client_id=f"{settings.name}-replay")
     producer.send(settings.success_topic, success_messages(succeeded))
-    producer.send(settings.error_topic, error_record_messages(errors))
+    producer.send(settings.error_topic, error_record_messages(
+        errors, max_payload_bytes=settings.error_payload_max_bytes))
     producer.flush()
     # Rows and sends of a replay count like a live run's (delta_writes_total = rows in Delta).
     record_batch_metrics(settings, batch, worker_logger(settings))  # never raises

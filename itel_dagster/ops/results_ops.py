@@ -6,6 +6,7 @@ send, and its success or error record) is durably in Kafka. It never commits on 
 
 
 import time
+from functools import partial
 
 import dagster as dg
 import polars as pl
@@ -19,8 +20,9 @@ from itel_dagster.worker_logs import worker_logger
 
 
 MESSAGE_SLICE_ROWS = 1_000
-# Error records carry their original payload (up to the 2 MB record maximum): a slice also stops
-# at this many payload bytes, so a run with large bad records never encodes them all at once.
+# Error records carry their original payload (up to the 1 MB input maximum before it is cut to
+# error_payload_max_bytes): a slice also stops at this many payload bytes, so a run with large
+# bad records never encodes them all at once.
 MESSAGE_SLICE_BYTES = 2_000_000
 
 
@@ -89,7 +91,9 @@ def publish_results_and_commit(
     producer.send(settings.success_topic, in_slices(batch.rows, success_messages))
     if errors is not None:
         producer.send(settings.error_topic,
-                      in_slices(errors, error_record_messages, sized_by="original_payload"))
+                      in_slices(errors, partial(error_record_messages,
+                                                max_payload_bytes=settings.error_payload_max_bytes),
+                                sized_by="original_payload"))
     producer.flush()
     held_back = batch.commit_before or {}
     commit_to = {r.partition: min(r.end, held_back.get(r.partition, r.end))

@@ -2,13 +2,13 @@
 records for a replay, and the replay's outcome per error record (pure).
 
 Never raises on an error record's content: one that cannot be read is kept with a reason and is
-never replayed. A payload is rebuilt byte for byte (`base64:` only for values that were not UTF-8).
+never replayed. A payload is rebuilt byte for byte (`base64:` only for values that were not UTF-8);
+a payload its error record kept only the start of (payload_truncated) is never sent as the
+record: transform gives it a truncated_payload error again.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 
@@ -16,7 +16,7 @@ import orjson
 import polars as pl
 
 from itel_dagster.kafka.range_reader import KafkaRecord
-from itel_dagster.stages.error_records import ERROR_RECORD_SCHEMA
+from itel_dagster.stages.error_records import ERROR_RECORD_SCHEMA, PAYLOAD_FACTS, bytes_of
 from itel_dagster.stages.raw_batch import raw_batch_from_records
 
 REPLAY_TABLE = "itel_dead_letter_replays"
@@ -144,25 +144,6 @@ def select_for_replay(
     return selected.head(max_records) if max_records is not None else selected
 
 
-def original_payload_bytes(text: str | None) -> bytes | None:
-    """The record value an error record's original_payload stands for.
-
-    transform writes `base64:<...>` only for values that are not UTF-8, so a text that decodes to
-    valid UTF-8 (or is not base64 at all) was the value itself."""
-    if text is None:
-        return None
-    if text.startswith("base64:"):
-        try:
-            raw = base64.b64decode(text.removeprefix("base64:"), validate=True)
-        except (binascii.Error, ValueError):
-            return text.encode()
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return raw
-    return text.encode()
-
-
 def replay_originals(selected: pl.DataFrame) -> pl.DataFrame:
     """One row per original input record (the latest error record of it wins: highest attempt,
     then last written) with `replayed_from` (that error record) and `next_attempt`."""
@@ -171,30 +152,41 @@ def replay_originals(selected: pl.DataFrame) -> pl.DataFrame:
         .unique(subset=ORIGINAL, keep="last", maintain_order=True)
         .sort("kafka_topic", "kafka_partition", "kafka_offset")
         .select(*ORIGINAL, "kafka_timestamp", "kafka_key", "original_payload", "event_id",
-                pl.col("error_record").alias("replayed_from"),
+                *PAYLOAD_FACTS, pl.col("error_record").alias("replayed_from"),
                 (pl.col("attempt") + 1).alias("next_attempt"))
     )
 
 
 def replay_batch(originals: pl.DataFrame) -> pl.DataFrame:
     """The raw batch (raw_batch.RAW_BATCH_SCHEMA) of the original records, plus `attempt`: the
-    attempt a failure of this replay is."""
+    attempt a failure of this replay is, and payload_truncated / original_payload_bytes, which
+    transform reads to refuse a payload that is only the start of the record's."""
     records = [
         KafkaRecord(topic, partition, offset,
                     int(timestamp.timestamp() * 1000) if timestamp is not None else -1,
-                    key.encode() if key is not None else None, original_payload_bytes(payload))
+                    bytes_of(key), bytes_of(payload))
         for topic, partition, offset, timestamp, key, payload in originals.select(
             *ORIGINAL, "kafka_timestamp", "kafka_key", "original_payload").iter_rows()
     ]
     return raw_batch_from_records(records).with_columns(
-        originals["next_attempt"].alias("attempt"))
+        originals["next_attempt"].alias("attempt"),
+        originals["payload_truncated"].fill_null(False),
+        originals["original_payload_bytes"])
 
 
 def with_next_attempt(errors: pl.DataFrame, originals: pl.DataFrame) -> pl.DataFrame:
-    """Error records of a replay carry the attempt after the one they replayed."""
-    attempts = originals.select(*ORIGINAL, "next_attempt")
-    return (errors.join(attempts, on=ORIGINAL, how="left", nulls_equal=True)
-            .with_columns(pl.coalesce("next_attempt", "attempt").alias("attempt"))
+    """Error records of a replay carry the attempt after the one they replayed; those of a
+    truncated payload keep its original's facts (size, SHA-256) and event_id."""
+    carried = originals.select(
+        *ORIGINAL, "next_attempt",
+        *(pl.col(name).alias(f"_{name}") for name in ("event_id", *PAYLOAD_FACTS)))
+    truncated = pl.col("_payload_truncated").fill_null(False)
+    return (errors.join(carried, on=ORIGINAL, how="left", nulls_equal=True)
+            .with_columns(
+                pl.coalesce("next_attempt", "attempt").alias("attempt"),
+                pl.coalesce("event_id", "_event_id").alias("event_id"),
+                *(pl.when(truncated).then(pl.col(f"_{name}")).otherwise(pl.col(name)).alias(name)
+                  for name in PAYLOAD_FACTS))
             .select(errors.columns))
 
 

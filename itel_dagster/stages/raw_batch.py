@@ -5,6 +5,7 @@ Only builds the frame; consuming from Kafka is the consumer resource's job.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable
 
 import polars as pl
@@ -24,18 +25,20 @@ KafkaRecord = tuple[str, int, int, int, bytes | None, bytes | None]
 
 
 def _key_text(key: bytes | None) -> str | None:
+    """The key as text; one that is not UTF-8 as `base64:<standard base64>`, as transform keeps
+    such a value (error_records.bytes_of turns either back into the bytes)."""
     if key is None:
         return None
     try:
         return key.decode("utf-8")
     except UnicodeDecodeError:
-        return None
+        return "base64:" + base64.b64encode(key).decode()
 
 
 def raw_batch_from_records(records: Iterable[KafkaRecord]) -> pl.DataFrame:
     """Records are (topic, partition, offset, timestamp_ms, key, value) tuples.
 
-    kafka_key is null when absent or not UTF-8; a negative timestamp_ms (Kafka's -1, "no
+    kafka_key is null when absent, `base64:...` when not UTF-8; a negative timestamp_ms (Kafka's -1, "no
     timestamp") becomes a null kafka_timestamp.
     """
     columns = list(zip(*records)) or [()] * 6

@@ -19,6 +19,13 @@ the whole batch, and bad lines are common here.
 
 A value over `max_record_bytes` gets parse_error 'oversized' and only its top-level fields: validate
 rejects it anyway, and its objects (task_json, the fallbacks) would copy its bytes into more columns.
+
+Deep nesting never reaches a recursion limit or a native stack: orjson refuses documents nested
+over 1024 levels (parse_error 'too_deep'), and a `task` / `project` object it cannot write back
+(over 254 levels) makes the record 'too_deep' too; deep parts in fields not read are not touched.
+
+A replay batch (dead_letters.replay_batch) may mark rows payload_truncated: their value is only the
+start of the original, kept by an error record; they get parse_error 'truncated_payload', undecoded.
 """
 
 from __future__ import annotations
@@ -97,6 +104,14 @@ class _Missing:
 
 _MISSING = _Missing()
 _OVERSIZED_REASON = "record value is {} bytes, over the limit of {} bytes; not decoded"
+_TOO_DEEP = ("too_deep", "record value nests JSON deeper than 1024 levels; not decoded")
+_TOO_DEEP_OBJECT = ("too_deep", "record's task or project object nests JSON deeper than 254 "
+                    "levels, more than can be carried on")
+_TRUNCATED_REASON = ("record value is only the start an error record kept of a {}-byte payload "
+                     "(payload_truncated; see original_payload_sha256): the original record "
+                     "cannot be rebuilt from it and is not processed")
+# What a top-level field too deep to write back as text shows (validate names its JSON type).
+_TOO_DEEP_TEXT = "<nested deeper than 254 levels>"
 _SCALAR_FIELDS = (*EVENT_FIELDS, "timestamp")
 _pick_scalars = itemgetter(*_SCALAR_FIELDS)
 _FALLBACK_KEYS = tuple(TASK_FALLBACK_FIELDS.values())
@@ -115,7 +130,10 @@ def _json_text(value) -> str | None:
         return value
     if kind is int:
         return str(value)
-    return _dumps(value).decode()
+    try:
+        return _dumps(value).decode()
+    except TypeError:  # orjson.JSONEncodeError: nested deeper than orjson writes
+        return _TOO_DEEP_TEXT
 
 
 def _parse_failure(value: bytes | None, error: ValueError) -> tuple[str, str]:
@@ -126,6 +144,8 @@ def _parse_failure(value: bytes | None, error: ValueError) -> tuple[str, str]:
         value.decode("utf-8")
     except UnicodeDecodeError as bad_bytes:
         return "non_utf8", f"record value is not valid UTF-8 (byte {bad_bytes.start})"
+    if str(error).startswith("depth limit exceeded"):
+        return _TOO_DEEP
     return "malformed_json", f"record value is not valid JSON: {error}"
 
 
@@ -176,11 +196,12 @@ def _field(
 
 
 def _decode(
-    values: list[bytes | None], max_record_bytes: int
+    values: list[bytes | None], max_record_bytes: int, refused: dict[int, tuple[str, str]]
 ) -> tuple[list[pl.Series], dict[str, pl.Expr]]:
     """Per-record JSON decoding → (series, expressions of the decoded output columns).
 
-    Python does only the JSON decoding; texts and types are made per column afterwards.
+    Python does only the JSON decoding; texts and types are made per column afterwards. Rows in
+    `refused` are not decoded: they get that (parse_error, reason).
     """
     # Fields go row after row into flat lists (no tuple per row to keep alive); column i of a
     # flat list of width w is flat[i::w].
@@ -191,20 +212,32 @@ def _decode(
         scalars.extend, fallbacks.extend, tasks.append, projects.append,
     )
     for row, value in enumerate(values):
-        try:
-            event = _loads(value)
-            failure = None if type(event) is dict else _not_an_object(event)
-        except ValueError as error:
-            event, failure = None, _parse_failure(value, error)
-        if failure is not None and failure[0] == "non_utf8":
-            not_text.append(row)
         kept_scalars = _NO_SCALARS
-        if value is not None and len(value) > max_record_bytes:
-            # Its top-level fields only (the error record names its event_id); none of its
-            # objects, which is where such a value's bytes are.
-            if failure is None:
-                kept_scalars = _scalars_of(event)
-            failure = "oversized", _OVERSIZED_REASON.format(len(value), max_record_bytes)
+        if refused and row in refused:
+            failure = refused[row]
+        else:
+            try:
+                event = _loads(value)
+                failure = None if type(event) is dict else _not_an_object(event)
+            except ValueError as error:
+                event, failure = None, _parse_failure(value, error)
+            if failure is not None and failure[0] == "non_utf8":
+                not_text.append(row)
+            if value is not None and len(value) > max_record_bytes:
+                # Its top-level fields only (the error record names its event_id); none of its
+                # objects, which is where such a value's bytes are.
+                if failure is None:
+                    kept_scalars = _scalars_of(event)
+                failure = "oversized", _OVERSIZED_REASON.format(len(value), max_record_bytes)
+        if failure is None:
+            task, project = event.get("task"), event.get("project")
+            try:
+                # .decode(): orjson's bytes keep their 4 KB buffer; a str of the text is sized to
+                # it (10,000 events held 77 MB of buffers for 5 MB of JSON).
+                task_text = _dumps(task).decode() if type(task) is dict else None
+                project_text = _dumps(project).decode() if type(project) is dict else None
+            except TypeError:  # orjson.JSONEncodeError: nested deeper than orjson writes
+                failure, kept_scalars = _TOO_DEEP_OBJECT, _scalars_of(event)
         if failure is not None:
             failures.append((row, *failure))
             add_scalars(kept_scalars)
@@ -213,17 +246,9 @@ def _decode(
             add_project(None)
             continue
         add_scalars(_scalars_of(event))
-        task = event.get("task")
-        if type(task) is dict:
-            # .decode(): orjson's bytes keep their 4 KB buffer; a str of the text is sized to it
-            # (10,000 events held 77 MB of buffers for 5 MB of JSON).
-            add_task(_dumps(task).decode())
-            add_fallbacks(map(task.get, _FALLBACK_KEYS))
-        else:
-            add_task(None)
-            add_fallbacks(_NO_FALLBACKS)
-        project = event.get("project")
-        add_project(_dumps(project).decode() if type(project) is dict else None)
+        add_task(task_text)
+        add_project(project_text)
+        add_fallbacks(map(task.get, _FALLBACK_KEYS) if task_text is not None else _NO_FALLBACKS)
 
     series: list[pl.Series] = []
     exprs: dict[str, pl.Expr] = {}
@@ -272,6 +297,17 @@ def _payload_text(values: list[bytes | None], not_text: list[int]) -> pl.Series:
     return pl.Series("original_payload", texts, dtype=pl.Binary).cast(pl.String)
 
 
+def _refused(raw: pl.DataFrame) -> dict[int, tuple[str, str]]:
+    """Rows a replay batch marks payload_truncated → their (parse_error, reason)."""
+    if "payload_truncated" not in raw.columns:
+        return {}
+    marked = raw.with_row_index("_row").filter(pl.col("payload_truncated").fill_null(False))
+    return {
+        row: ("truncated_payload", _TRUNCATED_REASON.format(original))
+        for row, original in marked.select("_row", "original_payload_bytes").iter_rows()
+    }
+
+
 def as_utc(moment: datetime | None) -> datetime:
     """`moment` in UTC (a naive one is taken as UTC); now when None."""
     if moment is None:
@@ -300,7 +336,7 @@ def transform(
     `ingested_at` (default: now) is one UTC value for the whole batch; a naive value is taken as
     UTC. event_timestamp is null when "timestamp" is absent or not an ISO 8601 string.
     """
-    series, decoded = _decode(raw["value"].to_list(), max_record_bytes)
+    series, decoded = _decode(raw["value"].to_list(), max_record_bytes, _refused(raw))
     passed_through = ("task_json", "project_json", *TASK_FALLBACK_FIELDS, "original_payload")
     return raw.hstack(series).select(
         *(decoded[name].alias(name) for name in EVENT_FIELDS),

@@ -24,15 +24,22 @@ REQUIRED_FIELDS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 # Every error_type validate emits, in the order they are checked.
 ERROR_TYPES = (
+    "truncated_payload",
     "oversized",
     "non_utf8",
     "malformed_json",
+    "too_deep",
     "not_an_object",
     "missing_field",
     "wrong_type",
     "wrong_task_id",
 )
 _INTEGER_FIELDS = ("task_id", "assignment_id")
+# An integer field may also be a JSON string of a decimal integer ("32513"), normalised to the
+# integer: int64 ids travel as strings from JavaScript and protobuf's JSON mapping, and such a
+# string names the id unambiguously. Anything else ("032513", "32513.0", " 32513", "abc") is
+# wrong_type.
+_DECIMAL_INTEGER = r"^-?(0|[1-9][0-9]*)$"
 _VALIDATION_ONLY_COLUMNS = ("parse_error", "parse_error_reason", "json_types")
 _SHOWN_VALUE_CHARS = 80
 
@@ -65,7 +72,10 @@ def _field_rules(
     json_type = pl.col("json_types").struct.field(name)
     blank = (json_type == "string") & (text.str.strip_chars() == "")
     out_of_range = text.cast(pl.Int64, strict=False).is_null()
-    is_fine = json_type.is_in(accepted).fill_null(False) & ~blank
+    type_fits = json_type.is_in(accepted)
+    if name in _INTEGER_FIELDS:
+        type_fits = type_fits | ((json_type == "string") & text.str.contains(_DECIMAL_INTEGER))
+    is_fine = type_fits.fill_null(False) & ~blank
     if name in _INTEGER_FIELDS:
         is_fine = is_fine & ~out_of_range
     wrong_type = pl.concat_str(
@@ -79,12 +89,14 @@ def _field_rules(
     problems = [
         (json_type.is_null(), "missing_field", pl.lit(f"missing required field '{name}'")),
         (json_type == "null", "missing_field", pl.lit(f"required field '{name}' is null")),
-        (~json_type.is_in(accepted), "wrong_type", wrong_type),
+        (~type_fits, "wrong_type", wrong_type),
     ]
     if name in _INTEGER_FIELDS:
         last_code = "wrong_type"
         last_reason = pl.concat_str(
-            pl.lit(f"{name} is "), text, pl.lit(", outside the 64-bit integer range")
+            pl.lit(f"{name} is "),
+            _shown(text, json_type),
+            pl.lit(", outside the 64-bit integer range"),
         )
     else:
         last_code, last_reason = "missing_field", pl.lit(f"required field '{name}' is empty")
@@ -102,7 +114,9 @@ def _judgement(expected_task_id: int, max_record_bytes: int) -> tuple[pl.Expr, p
     is_valid is cheap; error_type and reason are costly even to plan, so validate evaluates them
     only when a batch has invalid rows, and only on those.
     """
-    oversized = (pl.col("payload_bytes") > max_record_bytes).fill_null(False)
+    # A replayed truncated payload is named as such, whatever its size.
+    truncated = (pl.col("parse_error") == "truncated_payload").fill_null(False)
+    oversized = (pl.col("payload_bytes") > max_record_bytes).fill_null(False) & ~truncated
     unparsed = pl.col("parse_error").is_not_null()
     rules = {
         name: _field_rules(name, accepted, expected)
@@ -151,10 +165,13 @@ def validate(
 ) -> ValidationResult:
     """Judge each transformed row (see transform.TRANSFORMED_SCHEMA) in this order:
 
-    1. oversized: the record value has more than max_record_bytes bytes;
-    2. the parse error transform found (non_utf8, malformed_json, not_an_object);
+    1. oversized: the record value has more than max_record_bytes bytes (unless it is a
+       replayed truncated_payload);
+    2. the parse error transform found (truncated_payload, non_utf8, malformed_json, too_deep,
+       not_an_object);
     3. each required field: missing_field (absent, null or blank) or wrong_type; then task_id
-       must equal expected_task_id (wrong_task_id).
+       must equal expected_task_id (wrong_task_id). task_id and assignment_id may be integers or
+       strings of a decimal integer (normalised to Int64 in `valid`).
 
     error_type is the first problem found. For field problems the reason lists the first problem
     of each field, e.g. "missing required field 'event_id'; task_id is 32514, expected 32513".

@@ -10,6 +10,10 @@ from itel_dagster.settings.workers import WorkerSettings
 DAY_MS = 24 * 3600 * 1000
 # Retention per kind of topic, as the product spec sets it.
 RETENTION_MS = {"input": 7 * DAY_MS, "success": 3 * DAY_MS, "errors": 30 * DAY_MS}
+# Largest record batch the broker takes per kind of topic (max.message.bytes). The results
+# producer writes records up to its message.max.bytes (2,000,000): both result topics take 2 MiB,
+# above the broker's 1 MiB default; input topics keep the broker's default.
+MAX_MESSAGE_BYTES = {"success": 2_097_152, "errors": 2_097_152}
 
 
 def pipeline_topics(workers: dict[str, WorkerSettings]) -> dict[str, str]:
@@ -20,6 +24,14 @@ def pipeline_topics(workers: dict[str, WorkerSettings]) -> dict[str, str]:
         topics[worker.success_topic] = "success"
         topics[worker.error_topic] = "errors"
     return topics
+
+
+def topic_config(kind: str) -> dict[str, str]:
+    """The topic-level settings a topic of this kind is created with."""
+    config = {"retention.ms": str(RETENTION_MS.get(kind, 7 * DAY_MS))}
+    if kind in MAX_MESSAGE_BYTES:
+        config["max.message.bytes"] = str(MAX_MESSAGE_BYTES[kind])
+    return config
 
 
 def ensure_topics(
@@ -34,7 +46,7 @@ def ensure_topics(
             name,
             num_partitions=partitions,
             replication_factor=1,
-            config={"retention.ms": str(RETENTION_MS.get(kind, 7 * DAY_MS))},
+            config=topic_config(kind),
         )
         for name, kind in topics.items()
         if name not in existing
