@@ -20,6 +20,7 @@ from deltalake import DeltaTable, write_deltalake
 
 from itel_dagster.devstack.publisher.events import generate_records
 from itel_dagster.resources.delta_tables import DeltaTableWriter
+from itel_dagster_tests.fixtures.record_copies import drain_a_copy_across_midnight
 
 TRACKING = "itel_cabinet_tracking_worker"
 API = "itel_cabinet_api_worker"
@@ -216,6 +217,19 @@ def test_backfill_and_live_runs_on_the_same_day_do_not_corrupt_each_other(pipeli
     table = pl.read_delta(path)
     assert table.height == len(records) == table["event_id"].n_unique()
     assert set(table["event_id"]) == {r.event_id for r in records}
+
+
+def test_backfill_leaves_out_a_copy_redelivered_across_midnight(pipeline):
+    first = drain_a_copy_across_midnight(pipeline, TRACKING, seed=66)
+    day = day_of(first.timestamp_ms)
+    result = backfill(pipeline, TRACKING, day + timedelta(days=1))  # the day the copy landed in
+    assert result.success
+    assert materialization_metadata(result)["delta_rows_in_earlier_days"] == 1
+    assert pipeline.tracking_table()["event_id"].to_list() == [first.event_id]
+    assert backfill(pipeline, TRACKING, day, day + timedelta(days=1)).success  # both in one run
+    table = pipeline.tracking_table()
+    assert table["event_id"].to_list() == [first.event_id]
+    assert table.select("year", "month", "day").row(0) == (day.year, day.month, day.day)
 
 
 def test_a_concurrent_commit_makes_the_replace_run_again_on_the_new_snapshot(tmp_path):

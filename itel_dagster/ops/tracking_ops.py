@@ -88,7 +88,7 @@ def _replace_days(context: dg.OpExecutionContext, batch: StageBatch, rows: pl.Da
     """A backfill: each day partition becomes exactly its re-read events, plus the rows whose
     records Kafka no longer holds. A failure here fails the run (nothing is dead-lettered: the
     records were handled live and stay in Kafka)."""
-    written = kept = removed = attempts = 0
+    written = kept = removed = attempts = in_earlier_days = 0
     version = -1
     notes = []
     for day, windows in sorted(batch.day_windows.items()):
@@ -100,6 +100,7 @@ def _replace_days(context: dg.OpExecutionContext, batch: StageBatch, rows: pl.Da
         result = writer.replace_day(day_rows, (day.year, day.month, day.day), held)
         written, kept, removed = written + result.written, kept + result.kept, removed + result.removed
         attempts, version = max(attempts, result.attempts), max(version, result.version)
+        in_earlier_days += result.in_earlier_days
         if result.kept:
             expired = {w.partition: w.low for w in windows if w.low > 0}
             notes.append(
@@ -110,6 +111,8 @@ def _replace_days(context: dg.OpExecutionContext, batch: StageBatch, rows: pl.Da
         "rows_written": written,
         "rows_kept_not_reread": kept,
         "rows_removed": removed,
+        # Copies redelivered across midnight: the dedupe window's earlier days hold their event.
+        "rows_in_earlier_days": in_earlier_days,
         "replace_attempts": attempts,
         "delta_version": version,
         "table_uri": writer.uri,
@@ -121,4 +124,5 @@ def _replace_days(context: dg.OpExecutionContext, batch: StageBatch, rows: pl.Da
     successes = _success_frame(batch.rows, writer.uri, version) if rows is not None else batch.rows
     facts = {"kept_rows_reason": metadata["kept_rows_reason"]} if notes else {}
     return batch.next(successes, delta_inserted=written, delta_rows_kept=kept,
-                      delta_rows_removed=removed, delta_version=version, **facts)
+                      delta_rows_removed=removed, delta_rows_in_earlier_days=in_earlier_days,
+                      delta_version=version, **facts)

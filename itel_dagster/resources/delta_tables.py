@@ -30,6 +30,7 @@ class ReplaceResult:
     removed: int  # rows that were in the day before and are not any more (duplicates, strays)
     version: int
     attempts: int  # > 1 when a concurrent writer committed first and the replace ran again
+    in_earlier_days: int = 0  # re-read rows left out: their key is in the dedupe window's days
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,8 @@ class DeltaTableWriter:
         whose record lies outside those (expired by retention, or written after the read by a
         live run) is kept, once per key: a backfill never deletes what it could not re-read. A
         concurrent commit to the day makes the replace fail and run again on the new snapshot.
-        rows=None: Kafka holds no valid event of the day.
+        rows=None: Kafka holds no valid event of the day. A re-read row whose key one of the
+        `dedupe_days` days before holds (a copy redelivered across midnight) is left out.
         """
         year, month, day_of_month = day
         predicate = f"year = {year} AND month = {month} AND day = {day_of_month}"
@@ -141,9 +143,10 @@ class DeltaTableWriter:
                 if table is None:
                     return ReplaceResult(0, 0, 0, -1, attempt)
                 rows = before.clear()
-            kept = self._not_reread(before, rows, held)
-            replacement = pl.concat([rows, kept.select(rows.columns).cast(rows.schema)]) \
-                if kept.height else rows
+            reread = self._not_in_earlier_days(table, rows, day)
+            kept = self._not_reread(before, reread, held)
+            replacement = pl.concat([reread, kept.select(reread.columns).cast(reread.schema)]) \
+                if kept.height else reread
             if table is None and replacement.is_empty():
                 return ReplaceResult(0, 0, 0, -1, attempt)
             try:
@@ -164,10 +167,21 @@ class DeltaTableWriter:
                 self._table = None
                 continue
             version = self._load().version()
-            return ReplaceResult(written=rows.height, kept=kept.height,
-                                 removed=before.height - kept.height - self._still_there(before, rows),
-                                 version=version, attempts=attempt)
+            removed = before.height - kept.height - self._still_there(before, reread)
+            return ReplaceResult(written=reread.height, kept=kept.height, removed=removed,
+                                 version=version, attempts=attempt,
+                                 in_earlier_days=rows.height - reread.height)
         raise AssertionError("unreachable")
+
+    def _not_in_earlier_days(self, table: DeltaTable | None, rows: pl.DataFrame,
+                             day: tuple[int, int, int]) -> pl.DataFrame:
+        earlier = [d for d in window_days([day], self.dedupe_days) if d != day]
+        if table is None or not earlier or rows.is_empty():
+            return rows
+        keys = pl.concat([pl.from_arrow(table.to_pyarrow_table(
+            partitions=[("year", "=", str(y)), ("month", "=", str(m)), ("day", "=", str(d))],
+            columns=[self.key]))[self.key] for y, m, d in earlier])
+        return rows.filter(~pl.col(self.key).is_in(keys.implode()))
 
     def _day_rows(self, table: DeltaTable | None, year: int, month: int, day: int) -> pl.DataFrame:
         if table is None:
