@@ -150,7 +150,8 @@ def skip_record(instance: dg.DagsterInstance, settings: WorkerSettings, servers:
     dead = poison_records(raw_batch_from_records(read.records), worker=settings.name,
                           reason=reason, error_type=SKIPPED_BY_OPERATOR)
     producer = ResultsProducer(servers, client_id=f"{settings.name}-skip")
-    producer.send(settings.error_topic, error_record_messages(dead))
+    producer.send(settings.error_topic,
+                  error_record_messages(dead, settings.error_payload_max_bytes))
     producer.flush()  # on the error topic before the offset moves
     commit_offsets(servers, settings.consumer_group, topic, {partition: offset + 1})
     event_id = dead["event_id"][0] or "-"
