@@ -21,6 +21,7 @@ NOW = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)  # n
 YESTERDAY_EVENING = (NOW - timedelta(days=1)).replace(hour=20)
 UNIQUE, COMPLETE, FRESH = "event_id_unique_per_day", "complete_per_day", "freshness"
 SENT = "every_valid_event_sent_or_dead_lettered"
+LOST = "no_records_lost_to_retention"  # on both assets
 DAY_CHECK_OPS = ("itel_cabinet_task_tracking_event_id_unique_per_day",
                  "itel_cabinet_task_tracking_complete_per_day",
                  "itel_api_sends_every_valid_event_sent_or_dead_lettered")
@@ -64,7 +65,7 @@ def test_all_checks_pass_after_both_workers_drained(pipeline):
     days = days_of(records)
 
     checks = run_checks(pipeline, days)
-    assert set(checks) == {UNIQUE, COMPLETE, FRESH, SENT}
+    assert set(checks) == {UNIQUE, COMPLETE, FRESH, SENT, LOST}
     assert all(e.passed for e in checks.values()), {n: e.description for n, e in checks.items()}
     for day in days:
         on_day = [r for r in records if day_of(r.timestamp_ms) == day]
@@ -139,7 +140,7 @@ def test_a_damaged_day_fails_uniqueness_and_completeness_until_backfilled(pipeli
                                     tags={"dagster/backfill": "test"})
     assert result.success
     checked = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert set(checked) == {UNIQUE, COMPLETE, FRESH}
+    assert set(checked) == {UNIQUE, COMPLETE, FRESH, LOST}
     assert checked[UNIQUE].passed and checked[COMPLETE].passed
     assert checked[COMPLETE].metadata["days"].value == target.isoformat()
     assert day_facts(checked[COMPLETE], target)["missing"] == 0
@@ -247,7 +248,7 @@ def test_worker_runs_leave_the_checks_to_their_job_and_schedule():
         assert not defs.resolve_job_def(job_name).asset_layer.asset_graph.asset_check_keys
     checks = defs.resolve_job_def("itel_asset_checks_job")
     assert {key.name for key in checks.asset_layer.asset_graph.asset_check_keys} == \
-        {UNIQUE, COMPLETE, FRESH, SENT}
+        {UNIQUE, COMPLETE, FRESH, SENT, LOST}
     assert asset_checks_schedule.job_name == "itel_asset_checks_job"
     assert asset_checks_schedule.cron_schedule == "*/15 * * * *"
     assert asset_checks_schedule.default_status == dg.DefaultScheduleStatus.RUNNING

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from confluent_kafka import Producer
+import time
+
+from confluent_kafka import Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 import pytest
 
@@ -101,6 +104,67 @@ def test_read_range_past_the_log_end_returns_what_exists(kafka_bootstrap, make_t
     read = read_range(kafka_bootstrap, topic, 0, 2, 8, timeout=10)
     assert [r.offset for r in read.records] == [2, 3, 4]
     assert read.missing_offsets == 0
+
+
+def produce_one_batch_each(bootstrap: str, topic: str, count: int, size: int = 1_000) -> None:
+    """`count` records on partition 0, each in its own record batch (flushed one by one)."""
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0})
+    for i in range(count):
+        producer.produce(topic, value=f"{i:06d}".encode() + b"x" * (size - 6), partition=0)
+        assert producer.flush(30) == 0
+
+
+# A fetch asks for more bytes than one response may carry, so the broker answers each fetch
+# after fetch.wait.max.ms with one record batch: the records arrive one by one, paced.
+def paced(wait_ms: int) -> dict:
+    return {"fetch.min.bytes": 10_000_000, "fetch.wait.max.ms": wait_ms,
+            "max.partition.fetch.bytes": 1}
+
+
+def test_a_slow_read_that_keeps_progressing_never_times_out(kafka_bootstrap, make_topic):
+    topic = make_topic(partitions=1)
+    produce_one_batch_each(kafka_bootstrap, topic, 8)
+    began = time.monotonic()
+    read = read_range(kafka_bootstrap, topic, 0, 0, 8, stall_seconds=1.5,
+                      consumer_settings=paced(400))
+    took = time.monotonic() - began
+    assert [r.offset for r in read.records] == list(range(8))
+    assert took > 2 * 1.5  # the whole range took longer than the stall limit, twice over
+
+
+def test_a_read_fails_when_no_record_arrives_for_stall_seconds(kafka_bootstrap, make_topic):
+    topic = make_topic(partitions=1)
+    produce_one_batch_each(kafka_bootstrap, topic, 3)
+    began = time.monotonic()
+    with pytest.raises(TimeoutError, match=rf"{topic}\[0\] 0..3: no record for .* at offset 0"):
+        read_range(kafka_bootstrap, topic, 0, 0, 3, stall_seconds=0.3,
+                   consumer_settings=paced(3_000))
+    assert time.monotonic() - began < 2.5  # it gave up before the first record came
+
+
+def test_max_bytes_stops_before_the_record_that_would_pass_it(kafka_bootstrap, make_topic):
+    topic = make_topic(partitions=1)
+    produce_one_batch_each(kafka_bootstrap, topic, 10)
+    read = read_range(kafka_bootstrap, topic, 0, 2, 10, max_bytes=3_500)
+    assert [r.offset for r in read.records] == [2, 3, 4]
+    assert (read.value_bytes, read.stopped_at, read.missing_offsets) == (3_000, 5, 0)
+    # The first record is read whatever its size, unless told otherwise.
+    assert [r.offset for r in read_range(kafka_bootstrap, topic, 0, 2, 10, max_bytes=10).records] == [2]
+    nothing = read_range(kafka_bootstrap, topic, 0, 2, 10, max_bytes=10, first_record_always=False)
+    assert (nothing.records, nothing.stopped_at) == ([], 2)
+    whole = read_range(kafka_bootstrap, topic, 0, 2, 10, max_bytes=8_000)
+    assert (len(whole.records), whole.stopped_at) == (8, None)
+
+
+def test_a_range_below_the_log_start_says_where_the_log_starts(kafka_bootstrap, make_topic):
+    topic = make_topic(partitions=1)
+    produce_one_batch_each(kafka_bootstrap, topic, 10)
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})  # kept until the answer
+    [deleted] = admin.delete_records([TopicPartition(topic, 0, 4)]).values()
+    deleted.result(30)
+    read = read_range(kafka_bootstrap, topic, 0, 2, 10)
+    assert [r.offset for r in read.records] == list(range(4, 10))
+    assert (read.log_start, read.missing_offsets) == (4, 2)
 
 
 def test_results_wait_for_room_when_the_producer_buffer_is_full(kafka_bootstrap, make_topic):

@@ -34,3 +34,21 @@ def test_another_process_and_a_gone_one():
     finally:
         child.communicate(b"")
     assert peak_rss_kb(child.pid) is None
+
+
+PEAK_AFTER_A_RESET = """
+from itel_dagster.metrics.process_memory import peak_rss_kb, reset_peak_rss
+block = bytearray(120 * 1024 * 1024)
+del block
+high = peak_rss_kb()
+assert reset_peak_rss()
+print(high, peak_rss_kb())
+"""
+
+
+def test_a_reset_starts_the_peak_afresh_from_the_current_size():
+    # The bench resets it after publishing, so the peak it prints is the run's alone.
+    out = subprocess.run([sys.executable, "-c", PEAK_AFTER_A_RESET], capture_output=True,
+                         text=True, check=True).stdout.split()
+    high, after = int(out[0]), int(out[1])
+    assert high - after > 100 * 1024

@@ -18,12 +18,15 @@ _HEADER_LIMIT, _FIELD_LIMIT, _FIELDS_PER_SECTION = 150, 2000, 10
 
 RUN_FAILURE, BREAKER_OPEN, BREAKER_CLOSED = "run_failure", "circuit_breaker_open", "circuit_breaker_closed"
 LAG_HIGH, LAG_RECOVERED = "lag_high", "lag_recovered"
+RETENTION_LOSS = "records_lost_to_retention"
 _ICON = {"error": ":red_circle:", "warning": ":warning:", "ok": ":large_green_circle:"}
 
 
 @dataclass(frozen=True)
 class Alert:
-    kind: str  # run_failure | circuit_breaker_open | circuit_breaker_closed | lag_high | lag_recovered
+    # run_failure | circuit_breaker_open | circuit_breaker_closed | lag_high | lag_recovered |
+    # records_lost_to_retention
+    kind: str
     severity: str  # error | warning | ok
     title: str
     facts: dict[str, Any] = field(default_factory=dict)  # shown in order; None values are left out
@@ -174,6 +177,26 @@ def lag_recovered_alert(*, worker: str, consumer_group: str, topic: str, lag: in
                "threshold": threshold},
         link=worker_runs_url(ui_base_url, worker),
         link_text="The worker's runs",
+    )
+
+
+def retention_loss_alert(*, worker: str, consumer_group: str, records: int,
+                         lost: Sequence[str], run_url: str) -> Alert:
+    """lost: one line per partition, e.g. "topic[0] offsets 0 to 19 (20 records)"."""
+    return Alert(
+        kind=RETENTION_LOSS,
+        severity="error",
+        title=f"{records} records lost to Kafka retention before {worker} handled them",
+        facts={
+            "worker": worker,
+            "consumer_group": consumer_group,
+            "lost_offsets": list(lost),
+            "effect": "Kafka deleted them; the group's offsets were committed past them. "
+                      "Replay them from their source if it still has them",
+            "run_url": run_url,
+        },
+        link=run_url,
+        link_text="Open the run in Dagster",
     )
 
 

@@ -3,12 +3,18 @@ simulator (20 ms added latency) and Delta on disk: records per second, the run's
 by stage, and ClaimX requests per event. Prints figures; asserts nothing.
 
     python -m itel_dagster.bench.tracking_run [--records 10000] [--claimx-latency-ms 20]
+        [--record-kb 250 --max-bytes-per-run 32000000]
+
+--record-kb pads each event's task.technician_notes so the record is about that large (the
+largest valid record is 256 KiB); --max-bytes-per-run sets the worker's budget for the run (a
+copy of config/), so the run reads only what fits in it.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,23 +25,35 @@ from pathlib import Path
 
 import dagster as dg
 import httpx
+import orjson
+import yaml
 from confluent_kafka import Producer
 
 from itel_dagster.devstack.kafka.broker import LocalKafkaBroker
 from itel_dagster.devstack.kafka.topics import ensure_topics, pipeline_topics
 from itel_dagster.devstack.publisher.events import generate_records
-from itel_dagster.metrics.process_memory import peak_rss_mb
+from itel_dagster.metrics.process_memory import peak_rss_mb, reset_peak_rss
 from itel_dagster.sensors.dispatch_plan import KafkaRange, PlannedRange, PlannedRun
 from itel_dagster.sensors.kafka_worker_sensor import partition_key_for, range_run_config, run_tags
-from itel_dagster.settings.workers import TRACKING_WORKER, load_workers
+from itel_dagster.settings.paths import config_dir
+from itel_dagster.settings.workers import TRACKING_WORKER, WORKERS_FILE, load_workers
 
 
-def publish_one_day(bootstrap: str, topic: str, count: int) -> date:
+def padded(value: bytes, record_bytes: int) -> bytes:
+    """The event with its task's technician_notes grown so the record is about record_bytes."""
+    event = orjson.loads(value)
+    notes = event["task"].get("technician_notes") or ""
+    event["task"]["technician_notes"] = notes + "n" * max(0, record_bytes - len(value))
+    return orjson.dumps(event)
+
+
+def publish_one_day(bootstrap: str, topic: str, count: int, record_bytes: int = 0) -> date:
     """`count` records inside yesterday (UTC), on partition 0, so one run holds them all."""
     midnight = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all"})
     for record in generate_records(count=count, seed=3, days=0.9, now=midnight - timedelta(hours=1)):
-        producer.produce(topic, key=record.key, value=record.value, timestamp=record.timestamp_ms,
+        value = padded(record.value, record_bytes) if record_bytes else record.value
+        producer.produce(topic, key=record.key, value=value, timestamp=record.timestamp_ms,
                          partition=0)
         producer.poll(0)
     producer.flush(120)
@@ -81,10 +99,25 @@ def start_claimx(latency_ms: float) -> tuple[subprocess.Popen, str]:
     return process, url
 
 
+def with_max_bytes_per_run(config: Path, max_bytes: int) -> None:
+    """A copy of config/ whose workers have this max_bytes_per_run, used from now on."""
+    shutil.copytree(config_dir(), config)
+    path = config / WORKERS_FILE
+    data = yaml.safe_load(path.read_text())
+    for settings in data["workers"].values():
+        settings["max_bytes_per_run"] = max_bytes
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.environ["ITEL_CONFIG_DIR"] = str(config)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Time one tracking-worker run.")
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--claimx-latency-ms", type=float, default=20.0)
+    parser.add_argument("--record-kb", type=float, default=0,
+                        help="pad each record to about this many KB (0: as generated, ~0.8 KB)")
+    parser.add_argument("--max-bytes-per-run", type=int, default=None,
+                        help="the worker's max_bytes_per_run for this run (default: workers.yaml)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="itel-bench-"))
@@ -97,10 +130,14 @@ def main() -> None:
             CLAIMX_API_TOKEN="claimx-dev-token", ITEL_DELTA_ROOT=str(work / "delta"),
             ITEL_STATE_DIR=str(work / "var"),
         )
+        if args.max_bytes_per_run is not None:
+            with_max_bytes_per_run(work / "config", args.max_bytes_per_run)
         worker = load_workers()[TRACKING_WORKER]
         ensure_topics(bootstrap, pipeline_topics(load_workers()), partitions=1)
-        day = publish_one_day(bootstrap, worker.input_topic, args.records)
+        day = publish_one_day(bootstrap, worker.input_topic, args.records,
+                              int(args.record_kb * 1000))
         httpx.delete(f"{claimx_url}/_admin/stats").raise_for_status()
+        reset_peak_rss()  # the peak printed below is the run's, not the publishing's
 
         from itel_dagster.definitions import defs
 
@@ -117,7 +154,10 @@ def main() -> None:
             stages = stage_seconds(instance, result.run_id)
         stats = httpx.get(f"{claimx_url}/_admin/stats").json()
         gets = stats["routes"].get("GET /api/v1/tasks/{assignment_id}", {}).get("total", 0)
-        print(f"\ntracking run over {args.records} records (success={result.success})")
+        metadata = {k: getattr(v, "value", v) for e in result.get_asset_materialization_events()
+                    for k, v in e.materialization.metadata.items()}
+        print(f"\ntracking run over {metadata.get('records', '?')} of {args.records} records, "
+              f"{metadata.get('read_bytes', 0) / 1e6:.1f} MB of values (success={result.success})")
         for stage, seconds in stages.items():
             print(f"  {stage:<32}{seconds:>9.3f} s")
         print(f"  {'run wall time':<32}{wall:>9.3f} s")

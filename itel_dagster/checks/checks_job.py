@@ -7,9 +7,10 @@ The job runs checks only: it never materializes an asset.
 import dagster as dg
 
 from itel_dagster.checks.api_sends_checks import API_SENDS_CHECKS
+from itel_dagster.checks.retention_checks import RETENTION_CHECKS
 from itel_dagster.checks.tracking_checks import TRACKING_CHECKS
 
-ASSET_CHECKS = [*TRACKING_CHECKS, *API_SENDS_CHECKS]
+ASSET_CHECKS = [*TRACKING_CHECKS, *API_SENDS_CHECKS, *RETENTION_CHECKS]
 ASSET_CHECKS_JOB = "itel_asset_checks_job"
 
 asset_checks_job = dg.define_asset_job(

@@ -1,6 +1,8 @@
 """Reads the records of one partition's offset range [start, end) by assignment, not by group.
 
-Offsets Kafka no longer holds (retention, compaction) are reported, never silently skipped.
+Offsets Kafka no longer holds (retention, compaction) are reported, never silently skipped: the
+read says where the log started (`log_start`), so the caller can name the records retention
+removed before they were handled.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+READ_STALL_SECONDS = 30.0
 
 
 class KafkaRecord(NamedTuple):
@@ -27,14 +31,29 @@ class RangeRead:
     # Offsets of the range below Kafka's low watermark or in gaps (retention, compaction).
     # Offsets at or past the end of the log are not records yet and are not counted.
     missing_offsets: int = 0
+    # The partition's first offset when the read began (its low watermark): a range starting
+    # below it lost [start, log_start) to retention.
+    log_start: int = 0
+    value_bytes: int = 0  # bytes of the values read
+    # Set when `max_bytes` stopped the read: the first offset not read (the rest of the range).
+    stopped_at: int | None = None
 
 
 def read_range(
     bootstrap_servers: str, topic: str, partition: int, start: int, end: int,
-    timeout: float = 30.0,
+    timeout: float = 30.0, stall_seconds: float = READ_STALL_SECONDS,
+    max_bytes: int | None = None, first_record_always: bool = True,
+    consumer_settings: dict | None = None,
 ) -> RangeRead:
-    """All records with start <= offset < end; raises if they cannot be read within `timeout`."""
-    result = RangeRead()
+    """All records with start <= offset < end.
+
+    Raises only when no record arrived for `stall_seconds` (a broker that stopped answering),
+    however long the whole range takes. `timeout` bounds the watermark request.
+    With `max_bytes`, stops before the record that would take the values read past it (the first
+    record is read whatever its size unless `first_record_always` is False) and says where in
+    `stopped_at`. `consumer_settings`: librdkafka settings added to the reader's own.
+    """
+    result = RangeRead(log_start=start)
     if end <= start:
         return result
     consumer = Consumer({
@@ -45,24 +64,31 @@ def read_range(
         "auto.offset.reset": "earliest",
         "fetch.max.bytes": 52_428_800,
         "max.partition.fetch.bytes": 10_485_760,
+        **(consumer_settings or {}),
     })
     try:
         low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+        result.log_start = low
         first = max(start, low)
         result.missing_offsets = first - start
         last = min(end, high)
         if first >= last:
             return result
         consumer.assign([TopicPartition(topic, partition, first)])
-        deadline = time.monotonic() + timeout
+        last_progress = time.monotonic()
         next_expected = first
         while next_expected < last:
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"read {topic}[{partition}] {start}..{end}: stopped at offset {next_expected}"
-                )
-            for message in consumer.consume(num_messages=min(10_000, last - next_expected),
-                                            timeout=1.0):
+            messages = consumer.consume(num_messages=min(10_000, last - next_expected),
+                                        timeout=min(1.0, stall_seconds))
+            if not messages:
+                waited = time.monotonic() - last_progress
+                if waited > stall_seconds:
+                    raise TimeoutError(
+                        f"read {topic}[{partition}] {start}..{end}: no record for {waited:.0f} s "
+                        f"at offset {next_expected} ({len(result.records)} read)")
+                continue
+            last_progress = time.monotonic()
+            for message in messages:
                 error = message.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
@@ -73,14 +99,20 @@ def read_range(
                 if offset >= last:
                     next_expected = last
                     break
+                value = message.value()
+                size = len(value) if value is not None else 0
+                if (max_bytes is not None and result.value_bytes + size > max_bytes
+                        and (result.records or not first_record_always)):
+                    result.stopped_at = last = next_expected = offset
+                    break
                 _, timestamp_ms = message.timestamp()
                 result.records.append(KafkaRecord(
                     topic=topic, partition=partition, offset=offset, timestamp_ms=timestamp_ms,
-                    key=message.key(), value=message.value(),
+                    key=message.key(), value=value,
                 ))
+                result.value_bytes += size
                 next_expected = offset + 1
         result.missing_offsets += (last - first) - len(result.records)
         return result
     finally:
         consumer.close()
-

@@ -58,6 +58,12 @@ API_LATENCY = MetricSpec(
     "Seconds from sending one HTTP request to the iTel API to its answer or its failure.",
     buckets=LATENCY_BUCKETS)
 
+RECORDS_LOST_TO_RETENTION = MetricSpec(
+    "itel_records_lost_to_retention_total", "counter",
+    "Kafka records retention deleted before the worker's consumer group handled them (the group's "
+    "offsets were then committed past them), by worker.",
+    ("worker",), ((TRACKING_WORKER,), (API_WORKER,)))
+
 PIPELINE_METRICS = (TRACKING_MESSAGES, TRACKING_DELTA_WRITES, TRACKING_DELTA_WRITE_ERRORS,
-                    API_MESSAGES, API_CALLS, API_ERRORS, API_LATENCY)
+                    API_MESSAGES, API_CALLS, API_ERRORS, API_LATENCY, RECORDS_LOST_TO_RETENTION)
 MESSAGES_PROCESSED = {TRACKING_WORKER: TRACKING_MESSAGES, API_WORKER: API_MESSAGES}

@@ -9,8 +9,8 @@ import threading
 from typing import TYPE_CHECKING
 
 from itel_dagster.metrics.names import (
-    API_CALLS, API_ERRORS, API_LATENCY, MESSAGES_PROCESSED, TRACKING_DELTA_WRITE_ERRORS,
-    TRACKING_DELTA_WRITES,
+    API_CALLS, API_ERRORS, API_LATENCY, MESSAGES_PROCESSED, RECORDS_LOST_TO_RETENTION,
+    TRACKING_DELTA_WRITE_ERRORS, TRACKING_DELTA_WRITES,
 )
 from itel_dagster.metrics.recording import MetricBatch
 from itel_dagster.metrics.store import MetricsStore
@@ -41,6 +41,14 @@ def record_batch_metrics(settings: WorkerSettings, batch: StageBatch,
     except Exception as exc:  # the run's outcome is committed; metrics never change that
         (log or logger).warning("metrics not recorded: %s: %s", type(exc).__name__, exc)
         return
+    metrics.flush(log)
+
+
+def record_retention_loss(settings: WorkerSettings, records: int,
+                          log: logging.Logger | None = None) -> None:
+    """Records retention deleted before the worker handled them, once its commit moved past."""
+    metrics = MetricBatch()
+    metrics.inc(RECORDS_LOST_TO_RETENTION, records, worker=settings.name)
     metrics.flush(log)
 
 

@@ -24,3 +24,14 @@ def peak_rss_mb() -> float | None:
     """This process's peak RSS in MB (one decimal)."""
     kb = peak_rss_kb()
     return None if kb is None else round(kb / 1024, 1)
+
+
+def reset_peak_rss() -> bool:
+    """Start this process's peak afresh from its current RSS (Linux clear_refs), so a later
+    peak_rss_mb() measures what came after (the bench: a run, not the publishing before it).
+    False where the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True

@@ -13,6 +13,7 @@ import polars as pl
 
 from itel_dagster.metrics.pipeline_metrics import record_batch_metrics
 from itel_dagster.metrics.process_memory import peak_rss_mb
+from itel_dagster.ops.retention_loss import report_retention_loss
 from itel_dagster.ops.stage_batch import StageBatch
 from itel_dagster.resources.kafka import KafkaResource
 from itel_dagster.stages.error_records import error_record_messages
@@ -95,11 +96,11 @@ def publish_results_and_commit(
                                                 max_payload_bytes=settings.error_payload_max_bytes),
                                 sized_by="original_payload"))
     producer.flush()
-    held_back = batch.commit_before or {}
-    commit_to = {r.partition: min(r.end, held_back.get(r.partition, r.end))
-                 for r in batch.kafka_ranges}
+    # Up to the range's end, or where the final stage held events back or the read stopped.
+    commit_to = batch.commit_to()
     committed = kafka.commit(settings.consumer_group, batch.kafka_ranges[0].topic, commit_to)
     record_batch_metrics(settings, batch, worker_logger(settings))  # never raises
+    lost = report_retention_loss(context, settings, batch.lost_to_retention, committed)
     summary = {
         "worker": settings.name,
         "kafka_range": batch.source,
@@ -110,6 +111,7 @@ def publish_results_and_commit(
         "already_handled": batch.already_handled,
         "commit_moved": bool(committed),
         "missing_offsets": batch.missing_offsets,
+        **lost,
         "duration_seconds": round(time.monotonic() - batch.started_at, 3),
         **_peak_memory(),
         **{k: v for k, v in batch.counts.items()

@@ -10,6 +10,7 @@ from datetime import date, datetime, timezone
 
 import dagster as dg
 
+from itel_dagster.ops.retention_loss import lost_ranges
 from itel_dagster.ops.stage_batch import StageBatch
 from itel_dagster.resources.claimx_api import ClaimxApiResource
 from itel_dagster.resources.kafka import KafkaResource
@@ -91,22 +92,54 @@ def _retry_policy() -> dg.RetryPolicy:
 def _read_micro_batch(config: KafkaRangeConfig, kafka: KafkaResource) -> StageBatch:
     if config.worker not in load_workers():
         raise dg.Failure(f"unknown worker {config.worker!r}; workers.yaml has {sorted(load_workers())}")
+    settings = load_workers()[config.worker]
     kafka_ranges = config.kafka_ranges()
-    records, missing = [], 0
+    records, missing, value_bytes = [], 0, 0
+    # partition -> first offset not read, where max_bytes_per_run stopped the run's reads.
+    read_until: dict[int, int] = {}
+    # partition -> the first offset the run could read (above the range's start: retention).
+    first_readable: dict[int, int] = {}
+    maybe_lost = False  # whether records before a range may have been lost to retention
     for r in kafka_ranges:
-        read = kafka.read_range(r.topic, r.partition, r.start, r.end)
-        if read.missing_offsets:
-            worker_logger(load_workers()[config.worker]).warning(
-                "%s[%d] %d..%d: %d offsets no longer in Kafka (retention)", r.topic,
-                r.partition, r.start, r.end, read.missing_offsets)
+        budget = settings.max_bytes_per_run - value_bytes
+        if records and budget <= 0:
+            read_until[r.partition] = first_readable[r.partition] = r.start
+            maybe_lost = True  # unread: its log start is unknown
+            continue
+        read = kafka.read_range(r.topic, r.partition, r.start, r.end,
+                                stall_seconds=settings.read_stall_seconds, max_bytes=budget,
+                                first_record_always=not records)
+        first_readable[r.partition] = max(r.start, read.log_start)
+        # A range at the log start may begin where the sensor found the group below it.
+        maybe_lost = maybe_lost or r.start <= read.log_start
+        if read.stopped_at is not None:
+            read_until[r.partition] = read.stopped_at
+        gaps = read.missing_offsets - (first_readable[r.partition] - r.start)
+        if gaps:
+            worker_logger(settings).warning(
+                "%s[%d] %d..%d: %d offsets missing inside the range (compaction or transaction "
+                "markers)", r.topic, r.partition, r.start, r.end, gaps)
         records.extend(read.records)
+        value_bytes += read.value_bytes
         missing += read.missing_offsets
+    lost = ()
+    if maybe_lost:
+        committed = {p.partition: p.committed
+                     for p in kafka.progress(settings.consumer_group, kafka_ranges[0].topic)}
+        lost = lost_ranges(kafka_ranges, first_readable, committed)
+    if read_until:
+        worker_logger(settings).info(
+            "read %d bytes of values (max_bytes_per_run %d); the rest stays in Kafka from %s",
+            value_bytes, settings.max_bytes_per_run,
+            ", ".join(f"{p}:{o}" for p, o in sorted(read_until.items())))
     return StageBatch(
         worker=config.worker,
         kafka_ranges=kafka_ranges,
         rows=raw_batch_from_records(records),
         missing_offsets=missing,
-        counts={"read": len(records)},
+        counts={"read": len(records), "read_bytes": value_bytes},
+        read_until=read_until or None,
+        lost_to_retention=lost,
     )
 
 

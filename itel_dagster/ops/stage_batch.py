@@ -29,6 +29,12 @@ class StageBatch:
     # Set by a final stage that stopped on purpose (the API worker's open breaker): offsets are
     # committed only up to here (partition -> offset), and the events from there stay in Kafka.
     commit_before: dict[int, int] | None = None
+    # Set by the read when max_bytes_per_run stopped it: partition -> first offset not read.
+    # Kept apart from commit_before (which the final stage sets); the commit takes the lower.
+    read_until: dict[int, int] | None = None
+    # Offsets retention removed before this worker's group handled them (read op), reported once
+    # the commit moves past them.
+    lost_to_retention: tuple[KafkaRange, ...] = ()
     # Events handled earlier (already accepted in the send ledger): counted, not re-published.
     already_handled: int = 0
     ledger: pl.DataFrame | None = None  # the API worker's send-ledger rows of this run
@@ -72,6 +78,14 @@ class StageBatch:
             return self
         return replace(self.next(firsts, duplicates_in_run=duplicates),
                        already_handled=self.already_handled + duplicates)
+
+    def commit_to(self) -> dict[int, int]:
+        """partition -> the offset to commit: its range's end, or the lower of commit_before and
+        read_until where either holds the partition back."""
+        limits = [limit for limit in (self.commit_before, self.read_until) if limit]
+        return {r.partition: min([r.end, *(limit[r.partition] for limit in limits
+                                           if r.partition in limit)])
+                for r in self.kafka_ranges}
 
     def error_count(self) -> int:
         return sum(frame.height for frame in self.errors)

@@ -9,7 +9,7 @@ import dagster as dg
 
 from itel_dagster.kafka.day_window import DayWindow, day_windows
 from itel_dagster.kafka.offsets import commit_offsets, group_progress
-from itel_dagster.kafka.range_reader import RangeRead, read_range
+from itel_dagster.kafka.range_reader import READ_STALL_SECONDS, RangeRead, read_range
 from itel_dagster.kafka.results_producer import ResultsProducer
 from itel_dagster.settings.kafka import bootstrap_servers as configured_bootstrap_servers
 
@@ -20,8 +20,12 @@ class KafkaResource(dg.ConfigurableResource):
     def servers(self) -> str:
         return self.bootstrap_servers or configured_bootstrap_servers()
 
-    def read_range(self, topic: str, partition: int, start: int, end: int) -> RangeRead:
-        return read_range(self.servers(), topic, partition, start, end)
+    def read_range(self, topic: str, partition: int, start: int, end: int,
+                   stall_seconds: float = READ_STALL_SECONDS, max_bytes: int | None = None,
+                   first_record_always: bool = True) -> RangeRead:
+        return read_range(self.servers(), topic, partition, start, end,
+                          stall_seconds=stall_seconds, max_bytes=max_bytes,
+                          first_record_always=first_record_always)
 
     def results_producer(self, client_id: str) -> ResultsProducer:
         return ResultsProducer(self.servers(), client_id=client_id)
