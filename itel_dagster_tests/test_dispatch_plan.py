@@ -251,3 +251,11 @@ def test_a_probe_stopped_on_purpose_goes_again_and_an_operator_move_ends_isolati
                  last={0: failed(25, 50, suspect_end=100)}, isolate_after=2, now=10_000)
     assert isolation_of(moved) == [(0, 26, 50, None, False)]
     assert moved.runs[0].failures_before == 0
+
+
+def test_a_partition_whose_unhandled_records_all_expired_gets_an_empty_run_at_the_log_start():
+    # Committed 5, retention moved the log start to 12, nothing new: lag 0 but 7 records lost.
+    result = plan([PartitionProgress(0, 5, 12, 12), PartitionProgress(1, 12, 12, 12)],
+                  now=DAY2 / 1000)
+    assert spans(result) == [[(0, 12, 12)]]
+    assert result.runs[0].day == date(2026, 11, 28)

@@ -104,6 +104,30 @@ def test_records_deleted_before_the_group_handled_them_are_reported_once(pipelin
     assert lost_metric(TRACKING) == lost and len(receiver.received()) == 1
 
 
+def test_a_partition_whose_unhandled_records_all_expired_is_reported_and_committed(pipeline):
+    records = list(generate_records(count=20, seed=82, days=0.5, now=YESTERDAY_EVENING))
+    pipeline.produce(records[:10])
+    assert all(r.success for r in pipeline.drain(TRACKING))
+    pipeline.produce(records[10:])
+    topic = pipeline.tracking.input_topic
+    progress = group_progress(pipeline.bootstrap, pipeline.tracking.consumer_group, topic)
+    busiest = max(progress, key=lambda p: p.lag)
+    # Retention deletes every record the group has not handled, and nothing new arrives.
+    admin = AdminClient({"bootstrap.servers": pipeline.bootstrap})
+    [deleted] = admin.delete_records([TopicPartition(topic, busiest.partition, busiest.high)]).values()
+    deleted.result(30)
+
+    results = pipeline.drain(TRACKING)
+
+    assert results and all(r.success for r in results)
+    assert pipeline.committed(TRACKING)[busiest.partition] == busiest.high
+    named = (f"{topic}[{busiest.partition}] offsets {busiest.committed} to {busiest.high - 1} "
+             f"({busiest.lag} records)")
+    log = (pipeline.root / "logs" / "tracking_worker.log").read_text()
+    assert f"{named} lost to retention" in log
+    assert pipeline.drain(TRACKING) == []  # reported once, nothing more to do
+
+
 def test_lost_ranges_start_where_the_group_stands():
     ranges = [KafkaRange("t", 0, 10, 50), KafkaRange("t", 1, 30, 40), KafkaRange("t", 2, 5, 9)]
     # p0: the sensor started at the log start (10), the group stood at 4. p1: retention moved

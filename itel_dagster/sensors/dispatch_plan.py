@@ -161,7 +161,14 @@ def plan_dispatch(
     busy_lanes = {partition % lanes for partition in in_flight}
     ranges: list[PlannedRange] = []
     for p in sorted(progress, key=lambda x: x.partition):
-        if p.partition % lanes in busy_lanes or p.lag == 0:
+        if p.partition % lanes in busy_lanes:
+            continue
+        if p.lag == 0:
+            if p.committed is not None and p.committed < p.low:
+                # Retention deleted every record the group had not handled, and nothing came
+                # since: an empty run at the log start reports the loss and commits past it.
+                ranges.append(PlannedRange(KafkaRange(topic, p.partition, p.low, p.low),
+                                           utc_day(now * 1000)))
             continue
         step = _isolation_step(p, last_runs.get(p.partition), isolate_after)
         if step is not None:
