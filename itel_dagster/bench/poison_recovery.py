@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import tempfile
 import time
 from collections import Counter
@@ -85,8 +86,13 @@ def poison_recovery(work: Path, worker: str, events: int) -> dict:
         runs = run_facts(daemon.instance(), chosen.name)
         failed = [r for r in runs if r.status == "FAILURE"]
         first_failure = min(r.ended_at for r in failed) if failed else None
-        isolation = Counter((daemon.instance().get_run_by_id(r.run_id).tags.get(ISOLATION_TAG)
-                             or "none").split(" ")[0] for r in runs)
+        instance = daemon.instance()
+        roles = {r.run_id: (instance.get_run_by_id(r.run_id).tags.get(ISOLATION_TAG)
+                            or "none").split(" ")[0] for r in runs}
+        isolation = Counter(roles.values())
+        isolating = sorted((r for r in runs if roles[r.run_id] != "none" and r.ended_at),
+                           key=lambda r: r.ended_at)
+        whole = sorted((r for r in failed if roles[r.run_id] == "none"), key=lambda r: r.ended_at)
 
         errors = _topic_values(stack.bootstrap, chosen.error_topic)
         dead = [e for e in errors if e["stage"] == "poison"]
@@ -111,6 +117,12 @@ def poison_recovery(work: Path, worker: str, events: int) -> dict:
             "target_seconds": TARGET_SECONDS,
             "runs": len(runs), "failed_runs": len(failed),
             "runs_by_isolation_role": dict(isolation),
+            # Where the time went: the failed runs of the whole range, then the isolation runs.
+            "whole_range_failed_run_seconds": [round(r.seconds, 1) for r in whole if r.seconds],
+            "isolation_seconds": round(isolating[-1].ended_at - whole[-1].ended_at, 1)
+            if isolating and whole else None,
+            "isolation_run_median_seconds": round(statistics.median(
+                r.seconds for r in isolating if r.seconds), 1) if isolating else None,
             "dead_letter_reason": dead[0]["error_message"] if dead else None,
             "checks": checks,
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
