@@ -5,9 +5,10 @@ and every correctness check compares against this, never against what the pipeli
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from itel_dagster.devstack.publisher.events import BAD_KIND_HEADER, EVENT_ID_HEADER
 
@@ -47,13 +48,13 @@ def record_count(bootstrap: str, topic: str) -> int:
     return sum(end_offsets(bootstrap, topic).values())
 
 
-def read_input(bootstrap: str, topic: str, start: dict[int, int] | None = None,
-               end: dict[int, int] | None = None) -> list[InputRecord]:
-    """The records from `start` (default: the beginning) to `end` (default: now), per partition."""
+def topic_messages(bootstrap: str, topic: str, start: dict[int, int] | None = None,
+                   end: dict[int, int] | None = None) -> Iterator[Message]:
+    """The messages from `start` (default: the beginning) to `end` (default: now), per
+    partition, in offset order."""
     end = end or end_offsets(bootstrap, topic)
     start = start or {}
     consumer = _consumer(bootstrap)
-    found: list[InputRecord] = []
     try:
         for partition, high in sorted(end.items()):
             first = start.get(partition, 0)
@@ -66,19 +67,27 @@ def read_input(bootstrap: str, topic: str, start: dict[int, int] | None = None,
                     raise RuntimeError(f"{topic}[{partition}] stopped before offset {high}")
                 if message.error():
                     continue
-                headers = dict(message.headers() or [])
-                key = message.key()
-                event_id = headers.get(EVENT_ID_HEADER)
-                bad_kind = headers.get(BAD_KIND_HEADER)
-                found.append(InputRecord(
-                    partition=partition, offset=message.offset(),
-                    timestamp_ms=message.timestamp()[1],
-                    assignment_id=int(key) if key and key.isdigit() else None,
-                    event_id=event_id.decode() if event_id else None,
-                    bad_kind=bad_kind.decode() if bad_kind else None,
-                ))
+                yield message
                 if message.offset() >= high - 1:
                     break
     finally:
         consumer.close()
+
+
+def read_input(bootstrap: str, topic: str, start: dict[int, int] | None = None,
+               end: dict[int, int] | None = None) -> list[InputRecord]:
+    """The records from `start` (default: the beginning) to `end` (default: now), per partition."""
+    found: list[InputRecord] = []
+    for message in topic_messages(bootstrap, topic, start, end):
+        headers = dict(message.headers() or [])
+        key = message.key()
+        event_id = headers.get(EVENT_ID_HEADER)
+        bad_kind = headers.get(BAD_KIND_HEADER)
+        found.append(InputRecord(
+            partition=message.partition(), offset=message.offset(),
+            timestamp_ms=message.timestamp()[1],
+            assignment_id=int(key) if key and key.isdigit() else None,
+            event_id=event_id.decode() if event_id else None,
+            bad_kind=bad_kind.decode() if bad_kind else None,
+        ))
     return found

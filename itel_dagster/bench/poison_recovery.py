@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 import polars as pl
-from confluent_kafka import Consumer, TopicPartition
 
 from itel_dagster.bench.dagster_path import DagsterDaemon, run_facts, wait_until_caught_up
-from itel_dagster.bench.ground_truth import end_offsets, read_input
+from itel_dagster.bench.ground_truth import end_offsets, read_input, topic_messages
 from itel_dagster.bench.poison_location import POISON_ENV
 from itel_dagster.bench.stack import BenchStack, StackChoices
+from itel_dagster.bench.work_dir import WORK_DIR_HELP, bench_work_dir
 from itel_dagster.devstack.publisher.publish import publish_events
 from itel_dagster.kafka.offsets import commit_offsets
 from itel_dagster.sensors.run_range_tags import ISOLATION_TAG
@@ -32,30 +30,6 @@ from itel_dagster.settings.workers import API_WORKER, TRACKING_WORKER, load_work
 
 WORKERS = {"tracking": TRACKING_WORKER, "api": API_WORKER}
 TARGET_SECONDS = 180.0
-
-
-def _topic_values(bootstrap: str, topic: str) -> list[dict]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "itel-bench-reader",
-                         "enable.auto.commit": False})
-    values = []
-    try:
-        for partition in consumer.list_topics(topic, timeout=30).topics[topic].partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), 30)
-            if high <= low:
-                continue
-            consumer.assign([TopicPartition(topic, partition, low)])
-            while True:
-                message = consumer.poll(10)
-                if message is None:
-                    raise RuntimeError(f"{topic}[{partition}] stopped before offset {high}")
-                if message.error():
-                    continue
-                values.append(json.loads(message.value()))
-                if message.offset() >= high - 1:
-                    break
-    finally:
-        consumer.close()
-    return values
 
 
 def poison_recovery(work: Path, worker: str, events: int) -> dict:
@@ -94,7 +68,8 @@ def poison_recovery(work: Path, worker: str, events: int) -> dict:
                            key=lambda r: r.ended_at)
         whole = sorted((r for r in failed if roles[r.run_id] == "none"), key=lambda r: r.ended_at)
 
-        errors = _topic_values(stack.bootstrap, chosen.error_topic)
+        errors = [json.loads(m.value())
+                  for m in topic_messages(stack.bootstrap, chosen.error_topic)]
         dead = [e for e in errors if e["stage"] == "poison"]
         others = {r.event_id for r in valid} - {poison.event_id}
         if chosen.name == TRACKING_WORKER:
@@ -137,15 +112,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worker", choices=sorted(WORKERS), default="api")
     parser.add_argument("--events", type=int, default=10_000)
-    parser.add_argument("--work-dir", type=Path,
-                        help="kept after the run [default: a temporary one, removed]")
+    parser.add_argument("--work-dir", type=Path, help=WORK_DIR_HELP)
     args = parser.parse_args()
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="itel-poison-"))
-    try:
+    with bench_work_dir(args.work_dir, "itel-poison-") as work:
         result = poison_recovery(work, args.worker, args.events)
-    finally:
-        if args.work_dir is None:
-            shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=2))
     seconds = result["first_failure_to_lag_0_seconds"]
     print(f"{args.worker} worker, {result['events']} records, one poison record: first failed run "

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from itel_dagster.bench.dagster_path import DagsterDaemon, run_facts, wait_until_caught_up
 from itel_dagster.bench.ground_truth import end_offsets
 from itel_dagster.bench.in_process import run_in_process
 from itel_dagster.bench.stack import BenchStack, StackChoices
+from itel_dagster.bench.work_dir import WORK_DIR_HELP, bench_work_dir
 from itel_dagster.bench.suite import SHORT, catch_up_figures, stack_cpu_sampler
 from itel_dagster.devstack.publisher.publish import publish_events
 from itel_dagster.kafka.offsets import commit_offsets
@@ -93,16 +92,11 @@ def main() -> None:
                         help="measure the worker's in-process limit first, for the ratio")
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--itel-rate-limit", type=float, default=1000.0)
-    parser.add_argument("--work-dir", type=Path,
-                        help="kept after the run [default: a temporary one, removed]")
+    parser.add_argument("--work-dir", type=Path, help=WORK_DIR_HELP)
     args = parser.parse_args()
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="itel-solo-"))
-    try:
+    with bench_work_dir(args.work_dir, "itel-solo-") as work:
         result = solo_catch_up(work, args.worker, args.events, args.in_process, args.latency_ms,
                                args.itel_rate_limit)
-    finally:
-        if args.work_dir is None:
-            shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=2))
 
 
