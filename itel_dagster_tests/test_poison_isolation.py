@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import yaml
+from confluent_kafka import Producer
 
 from itel_dagster.devstack.publisher.events import generate_records
 from itel_dagster.ops import api_ops, tracking_ops
@@ -25,6 +26,14 @@ def _records(count: int, seed: int):
     midnight = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
     return [r for r in generate_records(count=count, seed=seed, days=0.01,
                                         now=midnight + timedelta(minutes=30))]
+
+
+def produce_to_partition_0(pipeline, records) -> None:
+    producer = Producer({"bootstrap.servers": pipeline.bootstrap, "acks": "all"})
+    for r in records:
+        producer.produce(pipeline.tracking.input_topic, key=r.key, value=r.value,
+                         timestamp=r.timestamp_ms, partition=0)
+    assert producer.flush(30) == 0
 
 
 def _no_pauses(pipeline, worker: str) -> None:
@@ -90,3 +99,33 @@ def test_a_poison_record_is_dead_lettered_and_every_other_record_processed_once(
     assert 2 <= len(failed_runs) <= 2 + 3 + 6
     log = (pipeline.root / "logs" / settings.log_file.split("/")[-1]).read_text()
     assert f"1 record(s) dead-lettered to {settings.error_topic} as poison" in log
+
+
+def test_isolation_pauses_after_max_poison_per_hour_and_failing_ranges_go_stuck(
+        pipeline, monkeypatch):
+    path = pipeline.root / "config" / WORKERS_FILE
+    data = yaml.safe_load(path.read_text())
+    data["workers"][TRACKING].update(redispatch_pause_seconds=0, max_dispatch_attempts=3,
+                                     max_poison_per_hour=1, isolate_after_failures=1)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    records = _records(24, seed=163)
+    poisons = {records[5].event_id, records[18].event_id}
+    stage = tracking_ops.tracking_rows
+
+    def broken(rows, *args, **kwargs):
+        if poisons & set(rows["event_id"].to_list()):
+            raise ValueError("cannot build these rows")
+        return stage(rows, *args, **kwargs)
+
+    monkeypatch.setattr(tracking_ops, "tracking_rows", broken)
+    produce_to_partition_0(pipeline, records)
+
+    pipeline.drain(TRACKING)
+
+    # One poison record dead-lettered; then isolation paused, and the other one's range is stuck.
+    errors = [json.loads(m.value()) for m in pipeline.consume_all(pipeline.tracking.error_topic)]
+    assert [e["stage"] for e in errors] == ["poison"] and errors[0]["event_id"] in poisons
+    assert pipeline.lag(TRACKING) > 0
+    skip = pipeline.tick(TRACKING).skip_reason.skip_message
+    assert "STUCK partitions" in skip
+    assert "poison isolation paused: 1 records dead-lettered as poison in the last hour" in skip

@@ -10,7 +10,6 @@ import dagster as dg
 import pytest
 import yaml
 from click.testing import CliRunner
-from confluent_kafka import Producer
 from dagster._core.test_utils import create_run_for_test
 
 from itel_dagster.cli import main
@@ -18,17 +17,9 @@ from itel_dagster.cli import recovery_commands
 from itel_dagster.ops import shared_stage_ops, tracking_ops
 from itel_dagster.sensors.run_range_tags import WORKER_TAG
 from itel_dagster.settings.workers import WORKERS_FILE
-from itel_dagster_tests.test_poison_isolation import _breaks_on, _records
+from itel_dagster_tests.test_poison_isolation import _breaks_on, _records, produce_to_partition_0
 
 TRACKING = "itel_cabinet_tracking_worker"
-
-
-def _produce_to_partition_0(pipeline, records) -> None:
-    producer = Producer({"bootstrap.servers": pipeline.bootstrap, "acks": "all"})
-    for r in records:
-        producer.produce(pipeline.tracking.input_topic, key=r.key, value=r.value,
-                         timestamp=r.timestamp_ms, partition=0)
-    assert producer.flush(30) == 0
 
 
 def test_stuck_names_the_record_and_skip_moves_the_partition_past_it(pipeline, monkeypatch):
@@ -47,7 +38,7 @@ def test_stuck_names_the_record_and_skip_moves_the_partition_past_it(pipeline, m
     monkeypatch.setattr(shared_stage_ops, "poison_records", dead_letter_broken)
     monkeypatch.setattr(recovery_commands, "dagster_instance", lambda: pipeline.instance)
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", pipeline.bootstrap)
-    _produce_to_partition_0(pipeline, records)
+    produce_to_partition_0(pipeline, records)
     runner = CliRunner()
 
     for _ in range(2):  # the whole range fails twice

@@ -18,8 +18,13 @@ import dagster as dg
 from itel_dagster.kafka.offsets import commit_offsets, group_progress
 from itel_dagster.kafka.range_reader import read_range
 from itel_dagster.kafka.results_producer import ResultsProducer
-from itel_dagster.sensors.dispatch_state import current_plan, failure_reason, last_runs, \
-    partitions_in_flight
+from itel_dagster.sensors.dispatch_state import (
+    current_plan,
+    failure_reason,
+    isolation_paused,
+    last_runs,
+    partitions_in_flight,
+)
 from itel_dagster.settings.kafka import bootstrap_servers
 from itel_dagster.settings.paths import state_dir
 from itel_dagster.settings.workers import WorkerSettings, load_workers
@@ -111,6 +116,10 @@ def stuck(worker: str | None) -> None:
     servers = bootstrap_servers()
     for settings in _workers(worker):
         states, lag = partition_states(instance, settings, servers)
+        paused = isolation_paused(instance, settings, time.time())
+        if paused:
+            click.echo(f"{settings.name}: poison isolation paused: {paused} records dead-lettered "
+                       "as poison in the last hour (max_poison_per_hour); failing ranges go stuck")
         if not states:
             click.echo(f"{settings.name}: no partition stuck or isolating (lag {lag})")
             continue

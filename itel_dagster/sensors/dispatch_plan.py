@@ -135,6 +135,8 @@ class DispatchPlan:
     stuck: dict[int, tuple[int, int]] = field(default_factory=dict)  # p -> (offset, failures)
     # p -> (start, suspect_end): partitions whose bad record is being looked for
     isolating: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # Poison records dead-lettered in the last hour, when that many paused new isolations.
+    isolation_paused: int = 0
 
 
 def plan_dispatch(
@@ -150,6 +152,7 @@ def plan_dispatch(
     max_attempts: int = 5,
     lanes: int = 1,
     isolate_after: int = 2,
+    isolation_paused: int = 0,
 ) -> DispatchPlan:
     """timestamp_at(partition, offset) -> ms; first_offset_at(partition, ms) -> offset or None.
     in_flight: partitions of runs that are queued or running.
@@ -157,7 +160,7 @@ def plan_dispatch(
     After its n-th failed run in a row, a range waits retry_pause_seconds * 2^(n-1); after
     `isolate_after` failed runs it is isolated (see the module docstring), without pauses.
     """
-    plan = DispatchPlan(runs=[], redispatched=[])
+    plan = DispatchPlan(runs=[], redispatched=[], isolation_paused=isolation_paused)
     busy_lanes = {partition % lanes for partition in in_flight}
     ranges: list[PlannedRange] = []
     for p in sorted(progress, key=lambda x: x.partition):

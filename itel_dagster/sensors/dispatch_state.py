@@ -7,6 +7,7 @@ read the same state the same way. Only reads; never launches or commits.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime, timezone
 
 import dagster as dg
 from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG
@@ -18,7 +19,12 @@ from itel_dagster.kafka.offsets import (
     record_timestamp_ms,
 )
 from itel_dagster.sensors.dispatch_plan import DispatchPlan, LastRun, plan_dispatch
-from itel_dagster.sensors.run_range_tags import WORKER_TAG, tagged_partitions, tagged_ranges
+from itel_dagster.sensors.run_range_tags import (
+    DEAD_LETTER_TAG,
+    WORKER_TAG,
+    tagged_partitions,
+    tagged_ranges,
+)
 from itel_dagster.settings.workers import WorkerSettings
 
 
@@ -101,6 +107,24 @@ def failure_reason(instance: dg.DagsterInstance, run_id: str | None) -> str:
     return f"run {run_id}: " + short_error(run_message, steps)
 
 
+def dead_letters_within(instance: dg.DagsterInstance, worker: str, seconds: float,
+                        now: float, at_most: int) -> int:
+    """Dead-letter runs of the worker started in the last `seconds` (counted up to at_most)."""
+    since = datetime.fromtimestamp(now - seconds, tz=timezone.utc)
+    return len(instance.get_run_records(
+        filters=dg.RunsFilter(tags={WORKER_TAG: worker, DEAD_LETTER_TAG: "true"},
+                              created_after=since),
+        limit=at_most))
+
+
+def isolation_paused(instance: dg.DagsterInstance, worker: WorkerSettings, now: float) -> int:
+    """The number of poison records dead-lettered in the last hour when it reached the worker's
+    max_poison_per_hour (new isolations pause: so many failing records suggest a failure of the
+    system, not of records, and dead-lettering them all would hide it), else 0."""
+    recent = dead_letters_within(instance, worker.name, 3600, now, worker.max_poison_per_hour)
+    return recent if recent >= worker.max_poison_per_hour else 0
+
+
 def current_plan(
     instance: dg.DagsterInstance,
     worker: WorkerSettings,
@@ -118,6 +142,7 @@ def current_plan(
     """
     in_flight = partitions_in_flight(instance, worker.name)
     finished = last_runs(instance, worker.name, partitions)
+    paused = isolation_paused(instance, worker, now)
     progress = read_progress()
     topic = worker.input_topic
     return in_flight, progress, plan_dispatch(
@@ -132,5 +157,7 @@ def current_plan(
         retry_pause_seconds=worker.redispatch_pause_seconds,
         max_attempts=worker.max_dispatch_attempts,
         lanes=worker.lanes,
-        isolate_after=worker.isolate_after_failures,
+        # Paused: failing ranges go stuck after max_attempts, as without isolation.
+        isolate_after=10**9 if paused else worker.isolate_after_failures,
+        isolation_paused=paused,
     )

@@ -138,6 +138,12 @@ def build_kafka_worker_sensor(
                 "Fix the cause and re-execute its last run from the UI, or dead-letter the "
                 f"record: itel-dagster skip --worker {worker.name} --partition {partition} "
                 f"--offset {offset}")
+        paused = None
+        if plan.isolation_paused and (plan.stuck or plan.waiting or plan.redispatched):
+            paused = (f"poison isolation paused: {plan.isolation_paused} records dead-lettered "
+                      f"as poison in the last hour (max_poison_per_hour); failing ranges go stuck")
+            context.log.error(f"{paused}. So many failing records point at a failure of the "
+                              "system: see `itel-dagster stuck` for the errors")
         lag = sum(p.lag for p in progress)
         skip = None
         if not requests:
@@ -153,6 +159,8 @@ def build_kafka_worker_sensor(
             if plan.stuck:
                 notes.append("STUCK partitions " + ", ".join(
                     f"{p} at offset {o}" for p, (o, _) in sorted(plan.stuck.items())))
+            if paused:
+                notes.append(paused)
             skip = "; ".join(notes)
         # The cursor is for people: what was dispatched last. Offsets and runs are the truth.
         cursor = ", ".join(f"{r.range.partition}:{r.range.start}-{r.range.end}"

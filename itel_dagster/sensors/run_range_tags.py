@@ -20,6 +20,7 @@ KAFKA_RANGE_TAG = "itel/kafka_range"
 ATTEMPT_TAG = "itel/attempt"
 # Poison isolation, for people: "probe 0:100-150 (bad record before 200)", "dead-letter 0:123".
 ISOLATION_TAG = "itel/isolation"
+DEAD_LETTER_TAG = "itel/dead_letter"  # "true" on a dead-letter run: counted per hour
 FAILURES_BEFORE_TAG = "itel/failures_before"
 # One run at a time per lane (dagster.yaml's tag_concurrency_limits): <worker>:<lane>.
 LANE_TAG = "itel/lane"
@@ -52,6 +53,7 @@ def range_tags(worker: str, planned: PlannedRun) -> dict[str, str]:
         r = p.range
         if p.dead_letter:
             isolation[ISOLATION_TAG] = f"dead-letter {r.partition}:{r.start}"
+            isolation[DEAD_LETTER_TAG] = "true"
         elif p.suspect_end is not None:
             isolation[ISOLATION_TAG] = (f"probe {r.partition}:{r.start}-{r.end} (bad record "
                                         f"before {p.suspect_end})")

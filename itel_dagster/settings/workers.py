@@ -57,6 +57,9 @@ class WorkerSettings(_Strict):
     # range run by run until the one failing record is found, and dead-letters it (stage poison).
     # At or above max_dispatch_attempts, isolation never starts and the partition goes stuck.
     isolate_after_failures: int = Field(2, ge=1)
+    # Once this many poison records were dead-lettered in the last hour, no new isolation starts
+    # (failing ranges go stuck and alert): that many failing records point at the system.
+    max_poison_per_hour: int = Field(10, ge=1)
     # Dagster's run monitoring fails a run that runs longer (tag dagster/max_runtime).
     max_runtime_seconds: int = Field(900, ge=10)
     log_file: str
