@@ -259,3 +259,25 @@ def test_a_partition_whose_unhandled_records_all_expired_gets_an_empty_run_at_th
                   now=DAY2 / 1000)
     assert spans(result) == [[(0, 12, 12)]]
     assert result.runs[0].day == date(2026, 11, 28)
+
+
+def test_a_range_whose_run_died_goes_again_at_once_as_the_same_step():
+    died = LastRun(10, 60, attempt=1, failed=True, failures_before=0, ended_at=1000,
+                   crashed=True, run_id="run-k")
+    result = plan([PartitionProgress(0, 10, 0, 80)], last={0: died}, now=1001, isolate_after=2)
+    assert spans(result) == [[(0, 10, 60)]] and result.waiting == {} and result.recovered == [0]
+    [planned] = only_ranges(result)
+    assert (planned.attempt, planned.failures_before, planned.crashes_before) == (2, 0, 1)
+    # A probe that died is the same probe again (its half says nothing about the record).
+    probe = LastRun(10, 35, attempt=4, failed=True, failures_before=0, ended_at=1000,
+                    crashed=True, suspect_end=60, crashes_before=1)
+    assert isolation_of(plan([PartitionProgress(0, 10, 0, 80)], last={0: probe}, now=1001,
+                             isolate_after=2)) == [(0, 10, 35, 60, False)]
+
+
+def test_a_range_that_keeps_killing_its_runs_is_then_treated_as_failing():
+    # max_attempts is 3: the third death in a row is counted as a failure (an out-of-memory record).
+    dying = LastRun(10, 60, attempt=3, failed=True, failures_before=1, ended_at=1000,
+                    crashed=True, crashes_before=2, partitions=1, run_id="run-k")
+    result = plan([PartitionProgress(0, 10, 0, 80)], last={0: dying}, now=1001, isolate_after=2)
+    assert result.recovered == [] and isolation_of(result) == [(0, 10, 35, 60, False)]

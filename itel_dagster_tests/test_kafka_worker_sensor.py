@@ -118,7 +118,8 @@ def test_a_failed_run_of_an_earlier_version_is_read_from_its_tags(pipeline):
               "itel/range_end": str(end), "itel/attempt": "1", "itel/failures_before": "0"}
     assert tagged_ranges(legacy) == [TaggedRange(0, 0, end, 1, 0)]
     create_run_for_test(pipeline.instance, job_name="itel_cabinet_tracking_job",
-                        status=dg.DagsterRunStatus.FAILURE, tags=legacy)
+                        status=dg.DagsterRunStatus.FAILURE,
+                        tags={**legacy, "dagster/failure_reason": "STEP_FAILURE"})
     result = pipeline.tick(TRACKING)
     # Partition 0's range failed a moment ago: it waits out the pause; the others go now.
     [request] = result.run_requests
@@ -148,3 +149,20 @@ def test_a_run_configured_by_an_earlier_version_still_executes(pipeline):
 def test_a_malformed_kafka_range_config_fails_with_its_reason(config, problem):
     with pytest.raises(dg.Failure, match=problem):
         KafkaRangeConfig(worker=TRACKING, topic="t", **config).kafka_ranges()
+
+
+def test_a_range_whose_run_process_died_is_dispatched_again_at_once(pipeline):
+    pipeline.produce(_recent_records(30, seed=88))
+    [request] = pipeline.tick(TRACKING).run_requests
+    run = create_run_for_test(pipeline.instance, job_name="itel_cabinet_tracking_job",
+                              status=dg.DagsterRunStatus.STARTED, tags=request.tags)
+    # What run monitoring does when the run's process is gone (SIGKILL, out of memory).
+    pipeline.instance.report_run_failed(run, "run worker died")
+
+    [again] = pipeline.tick(TRACKING).run_requests  # no 30 s pause: a death is not a verdict
+
+    assert [(r.partition, r.start, r.end) for r in tagged_ranges(again.tags)] == \
+        [(r.partition, r.start, r.end) for r in tagged_ranges(request.tags)]
+    assert {r.crashes_before for r in tagged_ranges(again.tags)} == {1}
+    assert pipeline.execute(TRACKING, again).success
+    assert pipeline.lag(TRACKING) == 0

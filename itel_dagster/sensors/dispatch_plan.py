@@ -60,6 +60,9 @@ class LastRun:
     partitions: int = 1  # Kafka partitions the run covered (1: it ran alone)
     run_id: str | None = None
     failed_run_id: str | None = None  # an isolation run's: the failed run it follows up
+    # The run process died (killed, out of memory, node lost) instead of an op failing.
+    crashed: bool = False
+    crashes_before: int = 0  # runs on this range that died in a row before that run
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class PlannedRange:
     suspect_end: int | None = None
     dead_letter: bool = False
     failed_run_id: str | None = None  # the run whose failure is the dead letter's reason
+    crashes_before: int = 0  # runs on this range that died in a row before this one
 
     @property
     def isolated(self) -> bool:
@@ -137,6 +141,7 @@ class DispatchPlan:
     isolating: dict[int, tuple[int, int]] = field(default_factory=dict)
     # Poison records dead-lettered in the last hour, when that many paused new isolations.
     isolation_paused: int = 0
+    recovered: list[int] = field(default_factory=list)  # partitions whose last run died
 
 
 def plan_dispatch(
@@ -173,7 +178,22 @@ def plan_dispatch(
                 ranges.append(PlannedRange(KafkaRange(topic, p.partition, p.low, p.low),
                                            utc_day(now * 1000)))
             continue
-        step = _isolation_step(p, last_runs.get(p.partition), isolate_after)
+        last = last_runs.get(p.partition)
+        if (last is not None and last.failed and last.crashed and p.next_offset == last.start
+                and last.crashes_before + 1 < max_attempts):
+            # A run that died is no verdict on its records: the same range again, at once, as
+            # the same step (a probe stays a probe). Only a range that keeps killing its runs
+            # (an out-of-memory record) goes on to pauses and isolation.
+            timestamp = timestamp_at(p.partition, last.start)
+            if timestamp is not None:
+                ranges.append(PlannedRange(
+                    KafkaRange(topic, p.partition, last.start, min(last.end, p.high)),
+                    utc_day(timestamp), last.attempt + 1, last.failures_before,
+                    suspect_end=last.suspect_end, dead_letter=last.dead_letter,
+                    failed_run_id=last.failed_run_id, crashes_before=last.crashes_before + 1))
+                plan.recovered.append(p.partition)
+            continue
+        step = _isolation_step(p, last, isolate_after)
         if step is not None:
             if step.dead_letter and step.failures_before:
                 # A dead-letter run that failed: paused and bounded like any failed range.
@@ -194,7 +214,6 @@ def plan_dispatch(
             ranges.append(planned)
             continue
         start = p.next_offset
-        last = last_runs.get(p.partition)
         unfinished = last is not None and last.start <= start < last.end and not last.dead_letter
         attempt, failures = 1, 0
         if unfinished:

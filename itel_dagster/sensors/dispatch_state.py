@@ -60,6 +60,19 @@ def partitions_in_flight(instance: dg.DagsterInstance, worker: str) -> set[int]:
 LAST_RUNS_SCANNED = 200
 
 
+# Dagster tags a run that failed inside its code with why; a run whose process died is marked
+# failed by run monitoring without a reason, or with one of these.
+FAILURE_REASON_TAG = "dagster/failure_reason"
+CODE_FAILURES = {"STEP_FAILURE", "RUN_EXCEPTION", "JOB_INITIALIZATION_FAILURE"}
+
+
+def died(run: dg.DagsterRun) -> bool:
+    """The run failed because its process died (killed, out of memory, node lost), not because
+    its code failed. A canceled run (by hand, or past dagster/max_runtime) is not a death."""
+    return (run.status == dg.DagsterRunStatus.FAILURE
+            and run.tags.get(FAILURE_REASON_TAG) not in CODE_FAILURES)
+
+
 def last_runs(instance: dg.DagsterInstance, worker: str, partitions: list[int]) -> dict[int, LastRun]:
     """Each partition's most recent finished run, read back from its tags."""
     found: dict[int, LastRun] = {}
@@ -83,7 +96,8 @@ def last_runs(instance: dg.DagsterInstance, worker: str, partitions: list[int]) 
                     failures_before=r.failures_before, ended_at=ended_at,
                     suspect_end=r.suspect_end, dead_letter=r.dead_letter,
                     partitions=len(ranges), run_id=record.dagster_run.run_id,
-                    failed_run_id=r.failed_run_id)
+                    failed_run_id=r.failed_run_id, crashed=failed and died(record.dagster_run),
+                    crashes_before=r.crashes_before)
         if len(found) == len(wanted):
             break
     return found

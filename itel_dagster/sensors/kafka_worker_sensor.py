@@ -107,6 +107,10 @@ def build_kafka_worker_sensor(
             time.sleep(IN_FLIGHT_POLL_SECONDS)
             if partitions_in_flight(instance, worker.name) != in_flight:
                 in_flight, progress, plan = plan_now()
+        for partition in plan.recovered:
+            context.log.warning(
+                f"{topic}[{partition}]: the last run's process died before committing; "
+                "dispatching its range again at once")
         for planned in plan.redispatched:
             r = planned.range
             context.log.warning(

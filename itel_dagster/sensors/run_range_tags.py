@@ -40,6 +40,7 @@ class TaggedRange:
     suspect_end: int | None = None
     dead_letter: bool = False
     failed_run_id: str | None = None
+    crashes_before: int = 0
 
     @property
     def size(self) -> int:
@@ -82,6 +83,8 @@ def _isolation_fields(planned) -> dict:
         fields["dead_letter"] = True
     if planned.failed_run_id:
         fields["failed_run_id"] = planned.failed_run_id
+    if planned.crashes_before:
+        fields["crashes_before"] = planned.crashes_before
     return fields
 
 
@@ -91,7 +94,7 @@ def tagged_ranges(tags: Mapping[str, str]) -> list[TaggedRange]:
         return [TaggedRange(int(r["partition"]), int(r["start"]), int(r["end"]),
                             int(r.get("attempt", 1)), int(r.get("failures_before", 0)),
                             r.get("suspect_end"), bool(r.get("dead_letter", False)),
-                            r.get("failed_run_id"))
+                            r.get("failed_run_id"), int(r.get("crashes_before", 0)))
                 for r in json.loads(tags[RANGES_TAG])]
     if LEGACY_START_TAG in tags and LEGACY_PARTITION_TAG in tags:
         return [TaggedRange(int(tags[LEGACY_PARTITION_TAG]), int(tags[LEGACY_START_TAG]),
