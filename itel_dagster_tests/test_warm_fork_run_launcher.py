@@ -3,6 +3,7 @@ process, see code changes at once, can be terminated, and a dead run worker is r
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from dagster._core.definitions.reconstruct import ReconstructableJob
 from dagster._core.errors import DagsterLaunchFailedError
 from dagster._core.launcher.base import WorkerStatus
 
-from itel_dagster.launchers.warm_fork_run_launcher import RUN_PID_TAG, process_state
+from itel_dagster.launchers.warm_fork_run_launcher import RUN_PID_TAG, RUN_PROCESS_TAG, process_state
+from itel_dagster.metrics.process_stat import start_ticks, stat_fields
 
 LAUNCHER = "itel_dagster.launchers.warm_fork_run_launcher"
 
@@ -67,14 +69,16 @@ def write_jobs(path: Path, version: str) -> Path:
     return path
 
 
-def launcher_instance(preload=None, spare_imports=None, env=None):
+def launcher_instance(preload=None, spare_imports=None, env=None, run_monitoring=None):
     config = {} if preload is None else {"preload_modules": preload}
     if spare_imports is not None:
         config["spare_imports"] = spare_imports
     if env is not None:
         config["env"] = env
-    return dg.instance_for_test(overrides={
-        "run_launcher": {"module": LAUNCHER, "class": "WarmForkRunLauncher", "config": config}})
+    overrides = {"run_launcher": {"module": LAUNCHER, "class": "WarmForkRunLauncher", "config": config}}
+    if run_monitoring is not None:
+        overrides["run_monitoring"] = run_monitoring
+    return dg.instance_for_test(overrides=overrides)
 
 
 def launch(instance: dg.DagsterInstance, jobs_file: Path, job_name: str, op: str,
@@ -253,3 +257,73 @@ def test_the_launcher_env_reaches_every_run(tmp_path, monkeypatch):
             run_id = launch(instance, jobs, "env_job", "env_of_run", {"out": str(tmp_path / name)})
             assert finished(instance, run_id).status == dg.DagsterRunStatus.SUCCESS
             assert (tmp_path / name).read_text() == "from dagster.yaml"
+
+
+def started_run(instance: dg.DagsterInstance, jobs: Path, started: Path) -> tuple[str, int]:
+    """(run id, pid) of a long run whose op has begun."""
+    run_id = launch(instance, jobs, "long_job", "wait_long", {"started": str(started)})
+    wait_for(started.exists, what="the op to start")
+    return run_id, int(instance.get_run_by_id(run_id).tags[RUN_PID_TAG])
+
+
+def test_a_live_run_is_running_by_its_identity_and_dead_once_killed(tmp_path):
+    """The tag names the process by pid and start time; SIGKILL mid-run makes it dead."""
+    jobs = write_jobs(tmp_path / "jobs.py", "v1")
+    with launcher_instance() as instance:
+        run_id, pid = started_run(instance, jobs, tmp_path / "started")
+        run = instance.get_run_by_id(run_id)
+        assert run.tags[RUN_PROCESS_TAG] == f"{pid}:{start_ticks(stat_fields(pid))}"
+        health = instance.run_launcher.check_run_worker_health(run)
+        assert (health.status, health.run_worker_id) == (WorkerStatus.RUNNING, str(pid))
+
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: process_state(pid) in (None, "Z"), what="the run process to die")
+        run = instance.get_run_by_id(run_id)
+        assert run.status == dg.DagsterRunStatus.STARTED  # nobody else noticed
+        health = instance.run_launcher.check_run_worker_health(run)
+        assert health.status == WorkerStatus.FAILED
+        assert f"process {pid}" in health.msg
+
+
+def test_a_reused_pid_is_reported_dead_and_never_signalled(tmp_path):
+    """The run's process is gone and the kernel gave its pid to an unrelated process: that one
+    lives, but it is not the run's (another start time)."""
+    jobs = write_jobs(tmp_path / "jobs.py", "v1")
+    unrelated = subprocess.Popen(["sleep", "60"])
+    try:
+        started = start_ticks(stat_fields(unrelated.pid))
+        with launcher_instance() as instance:
+            recon = ReconstructableJob.for_file(str(jobs), "long_job")
+            run = instance.create_run_for_job(
+                recon.get_definition(), job_code_origin=recon.get_python_origin(),
+                run_config={"ops": {"wait_long": {"config": {"started": str(tmp_path / "s")}}}},
+                tags={RUN_PID_TAG: str(unrelated.pid),
+                      RUN_PROCESS_TAG: f"{unrelated.pid}:{started - 1}"})
+
+            health = instance.run_launcher.check_run_worker_health(run)
+            assert health.status == WorkerStatus.NOT_FOUND
+            assert f"pid {unrelated.pid} now belongs to another process" in health.msg
+            assert not instance.run_launcher.terminate(run.run_id)
+            time.sleep(0.2)
+            assert unrelated.poll() is None  # not interrupted
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+
+
+def test_a_run_not_yet_tagged_is_never_reported_dead(tmp_path):
+    """Run monitoring fails a STARTED run on UNKNOWN as on FAILED: a run whose process is not
+    tagged yet (its launch still writing it) is RUNNING while Dagster's start window lasts."""
+    jobs = write_jobs(tmp_path / "jobs.py", "v1")
+    with launcher_instance(run_monitoring={"start_timeout_seconds": 2}) as instance:
+        recon = ReconstructableJob.for_file(str(jobs), "where_job")
+        run = instance.create_run_for_job(
+            recon.get_definition(), job_code_origin=recon.get_python_origin(),
+            run_config={"ops": {"where": {"config": {"out": str(tmp_path / "out")}}}})
+        health = instance.run_launcher.check_run_worker_health(run)
+        assert health.status == WorkerStatus.RUNNING
+        assert "not yet known" in health.msg
+
+        # Past the window nothing says it was ever ours: Dagster's own verdict (UNKNOWN).
+        wait_for(lambda: instance.run_launcher.check_run_worker_health(run).status
+                 == WorkerStatus.UNKNOWN, timeout=10, what="the start window to pass")

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from itel_dagster.bench.memory import RUN, descendants, process_role
-from itel_dagster.bench.process_cpu import TICKS_PER_SECOND, stat_cpu_seconds, stat_fields
+from itel_dagster.bench.process_cpu import stat_cpu_seconds
+from itel_dagster.metrics.process_stat import TICKS_PER_SECOND, stat_fields
 
 def _boot_time() -> float:
     for line in Path("/proc/stat").read_text().splitlines():

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from itel_dagster.bench.process_cpu import stat_fields
 from itel_dagster.metrics.process_memory import peak_rss_kb
+from itel_dagster.metrics.process_stat import stat_fields
 
 DAEMON, CODE_SERVER, RUN, FORK_SERVER, OTHER = (
     "daemon", "code_server", "run", "fork_server", "other")

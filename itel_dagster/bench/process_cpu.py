@@ -2,22 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import resource
-from pathlib import Path
 
-TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
-
-
-def stat_fields(pid: int) -> list[str] | None:
-    """/proc/<pid>/stat from its state on ([0] state, [1] ppid, [11] utime, [12] stime,
-    [19] starttime), or None when the process is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name may hold spaces and parentheses: fields start after the last ')'.
-    return text[text.rindex(")") + 2:].split()
+from itel_dagster.metrics.process_stat import TICKS_PER_SECOND, stat_fields
 
 
 def stat_cpu_seconds(fields: list[str]) -> float:

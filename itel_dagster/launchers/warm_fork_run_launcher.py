@@ -8,10 +8,13 @@ starting. Forked from a process that already imported dagster, a run reaches its
 about a second.
 
 Each run is still its own process with its own memory, executed by Dagster's own
-`execute_run_command`, exactly as `dagster api execute_run` does. The run's pid goes into its tags
-(`itel/run_pid`): termination sends it SIGINT (Dagster cancels the run), and run monitoring asks
-check_run_worker_health whether that process still lives, so a run whose process died is marked
-failed and retried instead of staying STARTED forever.
+`execute_run_command`, exactly as `dagster api execute_run` does. The run's process identity, its
+pid plus its start time, goes into its tags (`itel/run_process` = "pid:starttime"; `itel/run_pid`
+keeps the bare pid for the bench): termination sends that process SIGINT (Dagster cancels the
+run), and run monitoring asks check_run_worker_health whether it still lives, so a run whose
+process died is marked failed and retried instead of staying STARTED forever. A pid the kernel
+gave to another process is never taken for the run (never signalled, never reported alive), and
+a run whose identity is not yet tagged is never reported dead while it may live.
 
 Configure in dagster.yaml:
 
@@ -48,7 +51,10 @@ from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import ConfigurableClass, serialize_value
 from dagster._serdes.config_class import ConfigurableClassData
 
+from itel_dagster.metrics.process_stat import start_ticks, stat_fields
+
 RUN_PID_TAG = "itel/run_pid"
+RUN_PROCESS_TAG = "itel/run_process"  # "pid:starttime" (clock ticks after boot, /proc stat)
 # What a run worker imports before its first op, minus what starts threads (polars, pyarrow,
 # deltalake) and the project's own code (imported fresh by each run). Dagster's storage layer
 # (sqlalchemy, alembic) is half of it: a run creates its instance from a ref before anything else.
@@ -158,11 +164,30 @@ class ForkServer:
 
 def process_state(pid: int) -> str | None:
     """'R', 'S', 'Z', ... from /proc, or None when no such process exists."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return None
+    fields = stat_fields(pid)
+    return fields[0] if fields else None
+
+
+def process_identity(pid: int) -> str | None:
+    """"pid:starttime" of a process, or None when it is gone."""
+    fields = stat_fields(pid)
+    return f"{pid}:{start_ticks(fields)}" if fields else None
+
+
+def worker_death(identity: str) -> tuple[WorkerStatus, str] | None:
+    """None while the process `identity` names lives; else how run monitoring should see it
+    (FAILED: it exited; NOT_FOUND: its pid now belongs to another process) and why."""
+    pid, _, started = identity.partition(":")
+    fields = stat_fields(int(pid))
+    if fields is None:
+        return WorkerStatus.FAILED, f"run worker process {pid} is gone"
+    if fields[0] in ("Z", "X"):
+        return WorkerStatus.FAILED, f"run worker process {pid} has exited (state {fields[0]})"
+    if started and str(start_ticks(fields)) != started:
+        return WorkerStatus.NOT_FOUND, (
+            f"run worker process {pid} is gone: pid {pid} now belongs to another process "
+            f"(started at tick {start_ticks(fields)}, the run's at {started})")
+    return None
 
 
 class WarmForkRunLauncher(RunLauncher, ConfigurableClass):
@@ -217,7 +242,9 @@ class WarmForkRunLauncher(RunLauncher, ConfigurableClass):
         executable = origin.executable_path or sys.executable
         with self._lock:
             pid, spare = self._fork(executable, args)
-        self._instance.add_run_tags(run.run_id, {RUN_PID_TAG: str(pid)})
+        # Read while the fork server has not reaped it yet (a zombie keeps its start time).
+        identity = process_identity(pid) or f"{pid}:exited"
+        self._instance.add_run_tags(run.run_id, {RUN_PID_TAG: str(pid), RUN_PROCESS_TAG: identity})
         message = (f"Started in a spare run worker (pid: {pid}) forked ahead from the warm run "
                    "process" if spare else
                    f"Forked run worker (pid: {pid}) from the warm run process")
@@ -244,22 +271,24 @@ class WarmForkRunLauncher(RunLauncher, ConfigurableClass):
 
     # -- after the launch ------------------------------------------------------------------
 
-    def _pid(self, run_id: str) -> int | None:
-        run = self._instance.get_run_by_id(run_id)
-        value = run.tags.get(RUN_PID_TAG) if run else None
-        return int(value) if value else None
+    @staticmethod
+    def _identity(run: dg.DagsterRun) -> str | None:
+        """"pid:starttime", or the bare pid of a run tagged before identities were (no start
+        time to check), or None when the launch has not tagged it yet."""
+        return run.tags.get(RUN_PROCESS_TAG) or run.tags.get(RUN_PID_TAG) or None
 
     def terminate(self, run_id: str) -> bool:
         run = self._instance.get_run_by_id(run_id)
         if run is None or run.is_finished:
             return False
         self._instance.report_run_canceling(run)
-        pid = self._pid(run_id)
-        if pid is None or process_state(pid) in (None, "Z"):
+        identity = self._identity(run)
+        death = worker_death(identity) if identity else (None, "none tagged yet")
+        if death:  # never signal a pid that another process now holds
             self._instance.report_engine_event(
-                "No run worker process to interrupt", run, cls=self.__class__)
+                f"No run worker process to interrupt: {death[1]}", run, cls=self.__class__)
             return False
-        os.kill(pid, signal.SIGINT)  # Dagster turns it into a canceled run
+        os.kill(int(identity.partition(":")[0]), signal.SIGINT)  # Dagster cancels the run
         return True
 
     @property
@@ -267,15 +296,27 @@ class WarmForkRunLauncher(RunLauncher, ConfigurableClass):
         return True
 
     def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
-        pid = self._pid(run.run_id)
-        if pid is None:
-            # Launched some other way (e.g. before this launcher was configured): not ours to judge.
-            return CheckRunHealthResult(WorkerStatus.UNKNOWN, "no itel/run_pid tag")
-        state = process_state(pid)
-        if state is None or state == "Z":
-            return CheckRunHealthResult(WorkerStatus.FAILED,
-                                        f"run worker process {pid} is gone", run_worker_id=str(pid))
-        return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=str(pid))
+        # Run monitoring (dagster 1.13) resumes or fails a STARTED run on any status but RUNNING
+        # and SUCCESS, at once: UNKNOWN is as fatal as FAILED. So a run whose process is not
+        # known yet is reported RUNNING, for as long as Dagster gives a run to start.
+        identity = self._identity(run)
+        if identity is None:
+            record = self._instance.get_run_record_by_id(run.run_id)
+            since = (record.start_time or record.create_timestamp.timestamp()) if record else None
+            age = time.time() - since if since else 0.0
+            window = self._instance.run_monitoring_start_timeout_seconds
+            if age < window:
+                return CheckRunHealthResult(WorkerStatus.RUNNING, (
+                    f"run worker not yet known (no {RUN_PROCESS_TAG} tag {age:.0f} s after the "
+                    f"run started; waiting up to {window} s)"))
+            return CheckRunHealthResult(WorkerStatus.UNKNOWN, (
+                f"no {RUN_PROCESS_TAG} tag {age:.0f} s after the run started: not launched by "
+                "this launcher, or the launch died before tagging it"))
+        worker = identity.partition(":")[0]
+        death = worker_death(identity)
+        if death:
+            return CheckRunHealthResult(death[0], death[1], run_worker_id=worker)
+        return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=worker)
 
     def dispose(self) -> None:
         with self._lock:
