@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from confluent_kafka import Producer, TopicPartition
@@ -104,6 +105,34 @@ def test_read_range_past_the_log_end_returns_what_exists(kafka_bootstrap, make_t
     read = read_range(kafka_bootstrap, topic, 0, 2, 8, timeout=10)
     assert [r.offset for r in read.records] == [2, 3, 4]
     assert read.missing_offsets == 0
+    # The read says it ended at the log end, so the run commits 5, not the range's end.
+    assert read.stopped_at == 5
+    assert read_range(kafka_bootstrap, topic, 0, 5, 8, timeout=10).stopped_at == 5
+
+
+def test_a_partition_eof_below_the_high_watermark_is_waited_out_not_skipped(
+        kafka_bootstrap, make_topic):
+    """An open transaction holds records 5..9 in the log (high watermark 10) that a read_committed
+    reader cannot see yet: its fetch reaches PARTITION_EOF at 5. The read waits; the records
+    arrive when the transaction commits, and none is counted missing."""
+    topic = make_topic(partitions=1)
+    produce_to_partitions(kafka_bootstrap, topic, {0: 5})
+    transactional = Producer({"bootstrap.servers": kafka_bootstrap,
+                              "transactional.id": f"test-{topic}"})
+    transactional.init_transactions(30)
+    transactional.begin_transaction()
+    for i in range(5):
+        transactional.produce(topic, value=f"t{i}".encode(), partition=0)
+    assert transactional.flush(30) == 0
+    committer = threading.Timer(1.0, transactional.commit_transaction)
+    committer.start()
+    try:
+        read = read_range(kafka_bootstrap, topic, 0, 0, 10, stall_seconds=10)
+    finally:
+        committer.join()
+    assert [r.offset for r in read.records] == list(range(10))
+    assert read.records[-1].value == b"t4"
+    assert (read.missing_offsets, read.stopped_at) == (0, None)
 
 
 def produce_one_batch_each(bootstrap: str, topic: str, count: int, size: int = 1_000) -> None:

@@ -128,14 +128,16 @@ def test_counters_equal_delta_ledger_and_kafka_across_run_processes(pipeline, it
         assert after.value("itel_consumer_lag_scrape_success", group=settings.consumer_group,
                            topic=settings.input_topic) == 1
 
-    # A re-executed API run sends nothing again: its events count as skipped, no new calls.
+    # A re-executed API run sends nothing again, and its commit is refused (the group moved
+    # past its start): counted as refused, no new calls.
     first_api_run = next(r for r in pipeline.results
                          if r.dagster_run.job_name == "itel_cabinet_api_job")
+    assert after.value("itel_commits_refused_total", worker=API) == 0
     rerun = pipeline.execute(API, _request_of(first_api_run))
-    assert rerun.success
+    assert not rerun.success
     with metrics_server(pipeline.bootstrap) as url:
         again = Scrape(url)
-    assert again.value("itel_api_worker_messages_processed_total", outcome="skipped") > 0
+    assert again.value("itel_commits_refused_total", worker=API) == 1
     assert again.total("itel_api_worker_api_calls_total") == calls
 
 

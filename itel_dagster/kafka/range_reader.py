@@ -2,7 +2,8 @@
 
 Offsets Kafka no longer holds (retention, compaction) are reported, never silently skipped: the
 read says where the log started (`log_start`), so the caller can name the records retention
-removed before they were handled.
+removed before they were handled. A read never claims offsets it did not reach: it ends short of
+the range only at the log's end, and says where (`stopped_at`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class RangeRead:
     # below it lost [start, log_start) to retention.
     log_start: int = 0
     value_bytes: int = 0  # bytes of the values read
-    # Set when `max_bytes` stopped the read: the first offset not read (the rest of the range).
+    # Set when the read ended before the range's end: `max_bytes` stopped it, or the log ends
+    # there. The first offset not read (the rest of the range stays in Kafka).
     stopped_at: int | None = None
 
 
@@ -51,7 +53,10 @@ def read_range(
     however long the whole range takes. `timeout` bounds the watermark request.
     With `max_bytes`, stops before the record that would take the values read past it (the first
     record is read whatever its size unless `first_record_always` is False) and says where in
-    `stopped_at`. `consumer_settings`: librdkafka settings added to the reader's own.
+    `stopped_at`. A PARTITION_EOF before `end` stops the read (`stopped_at`) only when the log's
+    high watermark is there too; while records exist past it (a stale fetch, a follower behind,
+    an open transaction) the read goes on. `consumer_settings`: librdkafka settings added to the
+    reader's own.
     """
     result = RangeRead(log_start=start)
     if end <= start:
@@ -67,11 +72,11 @@ def read_range(
         **(consumer_settings or {}),
     })
     try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+        low, _ = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
         result.log_start = low
         first = max(start, low)
         result.missing_offsets = first - start
-        last = min(end, high)
+        last = end
         if first >= last:
             return result
         consumer.assign([TopicPartition(topic, partition, first)])
@@ -87,13 +92,21 @@ def read_range(
                         f"read {topic}[{partition}] {start}..{end}: no record for {waited:.0f} s "
                         f"at offset {next_expected} ({len(result.records)} read)")
                 continue
-            last_progress = time.monotonic()
+            if any(message.error() is None for message in messages):
+                last_progress = time.monotonic()
             for message in messages:
                 error = message.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
-                        next_expected = last  # nothing more is there (compacted tail)
-                        break
+                        # The consumer skipped [next_expected, eof) (compaction, transaction
+                        # markers, aborted records): proven gaps.
+                        next_expected = min(last, max(next_expected, message.offset()))
+                        if next_expected >= last:
+                            break
+                        if _log_end(bootstrap_servers, topic, partition, timeout) <= next_expected:
+                            result.stopped_at = last = next_expected  # the log ends here
+                            break
+                        continue  # records exist past it: a retry of the fetch, not a skip
                     raise RuntimeError(f"read {topic}[{partition}]: {error}")
                 offset = message.offset()
                 if offset >= last:
@@ -114,5 +127,18 @@ def read_range(
                 next_expected = offset + 1
         result.missing_offsets += (last - first) - len(result.records)
         return result
+    finally:
+        consumer.close()
+
+
+def _log_end(bootstrap_servers: str, topic: str, partition: int, timeout: float) -> int:
+    """The partition's high watermark, uncommitted transactions included: records exist up to it,
+    even those a read_committed reader cannot see yet."""
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "itel-range-reader",
+                         "isolation.level": "read_uncommitted"})
+    try:
+        _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                 timeout=timeout, cached=False)
+        return high
     finally:
         consumer.close()

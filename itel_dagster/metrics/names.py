@@ -64,6 +64,13 @@ RECORDS_LOST_TO_RETENTION = MetricSpec(
     "offsets were then committed past them), by worker.",
     ("worker",), ((TRACKING_WORKER,), (API_WORKER,)))
 
+COMMITS_REFUSED = MetricSpec(
+    "itel_commits_refused_total", "counter",
+    "Runs that published and committed nothing because the worker's consumer group no longer "
+    "stood at the start of their range (another run, a zombie's successor, moved it), by worker.",
+    ("worker",), ((TRACKING_WORKER,), (API_WORKER,)))
+
 PIPELINE_METRICS = (TRACKING_MESSAGES, TRACKING_DELTA_WRITES, TRACKING_DELTA_WRITE_ERRORS,
-                    API_MESSAGES, API_CALLS, API_ERRORS, API_LATENCY, RECORDS_LOST_TO_RETENTION)
+                    API_MESSAGES, API_CALLS, API_ERRORS, API_LATENCY, RECORDS_LOST_TO_RETENTION,
+                    COMMITS_REFUSED)
 MESSAGES_PROCESSED = {TRACKING_WORKER: TRACKING_MESSAGES, API_WORKER: API_MESSAGES}

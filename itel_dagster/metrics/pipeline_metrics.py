@@ -9,8 +9,8 @@ import threading
 from typing import TYPE_CHECKING
 
 from itel_dagster.metrics.names import (
-    API_CALLS, API_ERRORS, API_LATENCY, MESSAGES_PROCESSED, RECORDS_LOST_TO_RETENTION,
-    TRACKING_DELTA_WRITE_ERRORS, TRACKING_DELTA_WRITES,
+    API_CALLS, API_ERRORS, API_LATENCY, COMMITS_REFUSED, MESSAGES_PROCESSED,
+    RECORDS_LOST_TO_RETENTION, TRACKING_DELTA_WRITE_ERRORS, TRACKING_DELTA_WRITES, MetricSpec,
 )
 from itel_dagster.metrics.recording import MetricBatch
 from itel_dagster.metrics.store import MetricsStore
@@ -47,8 +47,18 @@ def record_batch_metrics(settings: WorkerSettings, batch: StageBatch,
 def record_retention_loss(settings: WorkerSettings, records: int,
                           log: logging.Logger | None = None) -> None:
     """Records retention deleted before the worker handled them, once its commit moved past."""
+    _count_for_worker(RECORDS_LOST_TO_RETENTION, settings, records, log)
+
+
+def record_commit_refused(settings: WorkerSettings, log: logging.Logger | None = None) -> None:
+    """A run that found its group moved by another run, and so committed nothing."""
+    _count_for_worker(COMMITS_REFUSED, settings, 1, log)
+
+
+def _count_for_worker(spec: MetricSpec, settings: WorkerSettings, amount: float,
+                      log: logging.Logger | None) -> None:
     metrics = MetricBatch()
-    metrics.inc(RECORDS_LOST_TO_RETENTION, records, worker=settings.name)
+    metrics.inc(spec, amount, worker=settings.name)
     metrics.flush(log)
 
 

@@ -1,7 +1,9 @@
 """The last op of both workers: publish success and error records, flush, then commit offsets.
 
 The order is the guarantee: offsets move past a record only after its outcome (a Delta row or a
-send, and its success or error record) is durably in Kafka. It never commits on a count mismatch.
+send, and its success or error record) is durably in Kafka. It never commits on a count mismatch,
+nor when the consumer group no longer stands at the start of the run's range (another run moved
+it): such a run publishes nothing and commits nothing.
 """
 
 
@@ -11,11 +13,13 @@ from functools import partial
 import dagster as dg
 import polars as pl
 
-from itel_dagster.metrics.pipeline_metrics import record_batch_metrics
+from itel_dagster.kafka.offsets import PartitionProgress
+from itel_dagster.metrics.pipeline_metrics import record_batch_metrics, record_commit_refused
 from itel_dagster.metrics.process_memory import peak_rss_mb
 from itel_dagster.ops.retention_loss import report_retention_loss
 from itel_dagster.ops.stage_batch import StageBatch
 from itel_dagster.resources.kafka import KafkaResource
+from itel_dagster.sensors.dispatch_plan import KafkaRange
 from itel_dagster.stages.error_records import error_record_messages
 from itel_dagster.worker_logs import worker_logger
 
@@ -60,6 +64,41 @@ def in_slices(frame: pl.DataFrame, messages, rows: int = MESSAGE_SLICE_ROWS,
         yield from messages(frame.slice(offset, length))
 
 
+def group_moved(group: str, ranges: tuple[KafkaRange, ...],
+                progress: list[PartitionProgress]) -> str | None:
+    """Why the run must not commit, or None: the group's committed offset on a partition is not
+    the run's range start (a group that never committed, or stands below the log start: the
+    range must start at or below the log start, where the sensor dispatches it)."""
+    where = {p.partition: p for p in progress}
+    for r in ranges:
+        p = where.get(r.partition)
+        if p is None:
+            return f"{r.topic}[{r.partition}] is not in the topic; nothing committed"
+        if r.start == p.committed:
+            continue
+        if (p.committed is None or p.committed < p.low) and r.start <= p.low:
+            continue
+        at = "no committed offset" if p.committed is None else f"offset {p.committed}"
+        return (f"group {group} is at {at} on {r.topic}[{r.partition}], this run covers "
+                f"{r.start}..{r.end}: another run moved it; nothing committed")
+    return None
+
+
+def _refuse_if_group_moved(batch: StageBatch, kafka: KafkaResource) -> None:
+    """Before publishing: a zombie run (or a launchpad run over old offsets) whose range another
+    run already handled fails here, so it neither republishes nor moves the group."""
+    settings = batch.settings
+    topic = batch.kafka_ranges[0].topic
+    reason = group_moved(settings.consumer_group, batch.kafka_ranges,
+                         kafka.progress(settings.consumer_group, topic))
+    if reason is None:
+        return
+    log = worker_logger(settings)
+    log.error("%s: %s", batch.source, reason)
+    record_commit_refused(settings, log)  # never raises
+    raise dg.Failure(reason, allow_retries=False)
+
+
 def _peak_memory() -> dict:
     """The run process's peak RSS so far (where /proc tells it): near its end, the run's peak."""
     mb = peak_rss_mb()
@@ -88,6 +127,7 @@ def publish_results_and_commit(
     if batch.mode == "backfill":
         _finish_backfill(context, batch, error_count)
         return None
+    _refuse_if_group_moved(batch, kafka)
     producer = kafka.results_producer(client_id=f"{settings.name}-results")
     producer.send(settings.success_topic, in_slices(batch.rows, success_messages))
     if errors is not None:
