@@ -1,12 +1,13 @@
 """The asset `itel_api_sends`: the send ledger of the API worker (Delta, daily partitions).
 
 Graph-backed: each micro-batch run reads one Kafka range, runs the shared stages, skips events
-the ledger already holds, sends the rest to iTel and records each final outcome.
+the ledger already holds, sends the rest to iTel in rounds and records each round's final outcomes
+before the next round goes out.
 """
 
 import dagster as dg
 
-from itel_dagster.ops.api_ops import send_to_itel, skip_already_sent, write_send_ledger
+from itel_dagster.ops.api_ops import send_to_itel, skip_already_sent
 from itel_dagster.ops.results_ops import publish_results_and_commit
 from itel_dagster.ops.shared_stage_ops import (
     claimx_lookup,
@@ -32,7 +33,7 @@ API_SENDS_ASSET = "itel_api_sends"
 def itel_api_sends():
     batch = read_kafka_range()
     enriched = claimx_lookup(validate_events(transform_events(batch)))
-    sent = write_send_ledger(send_to_itel(skip_already_sent(enriched)))
+    sent = send_to_itel(skip_already_sent(enriched))  # the ledger is written round by round
     return publish_results_and_commit(sent)
 
 

@@ -6,7 +6,7 @@ The shared stage ops run as in the live worker; a routing op then picks the work
 
 import dagster as dg
 
-from itel_dagster.ops.api_ops import send_to_itel, skip_already_sent, write_send_ledger
+from itel_dagster.ops.api_ops import send_to_itel, skip_already_sent
 from itel_dagster.ops.dead_letter_replay_ops import (
     finish_replay,
     read_dead_letters,
@@ -32,5 +32,5 @@ def itel_dead_letter_replay_job():
     enriched = claimx_lookup(validate_events(transform_events(batch)))
     tracking, api = route_to_final_stage(enriched)
     finish_replay.alias("finish_tracking_replay")(write_tracking_rows(tracking), dead_letters)
-    sent = write_send_ledger(send_to_itel(skip_already_sent(api)))
+    sent = send_to_itel(skip_already_sent(api))
     finish_replay.alias("finish_api_replay")(sent, dead_letters)

@@ -1,11 +1,13 @@
-"""The API worker's final stages: skip what the send ledger already holds, send to iTel, record
-every final outcome in the ledger.
+"""The API worker's final stages: skip what the send ledger already holds, send to iTel in
+rounds, and record each round's final outcomes in the ledger before the next round goes out.
 
-An event is sent at most once per final outcome: the ledger is read before sending, and iTel's
-Idempotency-Key (the event_id) covers a crash between a send and its ledger row. Events the open
+A crash re-sends at most one round (iTel's Idempotency-Key, the event_id, answers that repeat).
+A record of the run's range whose send the ledger already holds was never committed: its success
+or error record is published from the ledger, once, by the run that commits it. Events the open
 circuit breaker held back are not failures: they stay in Kafka (commit stops before them).
 """
 
+import math
 from dataclasses import replace
 
 import dagster as dg
@@ -13,11 +15,18 @@ import polars as pl
 
 from itel_dagster.ops.shared_stage_ops import STAGE_IO
 from itel_dagster.ops.stage_batch import StageBatch
-from itel_dagster.resources.delta_tables import DeltaTablesResource, window_days
+from itel_dagster.resources.delta_tables import DeltaTablesResource, DeltaTableWriter, window_days
 from itel_dagster.resources.itel_api import ItelApiResource
 from itel_dagster.stages.error_records import stage_failures
 from itel_dagster.stages.itel_payload import with_payloads
-from itel_dagster.stages.send_ledger import ledger_rows
+from itel_dagster.stages.send_ledger import (
+    FINAL_OUTCOMES,
+    OUTCOME_COLUMNS,
+    RECORD_COLUMNS,
+    ledger_rows,
+    recorded_outcomes,
+    send_rounds,
+)
 from itel_dagster.stages.tracking_rows import with_partition_columns
 from itel_dagster.worker_logs import worker_logger
 
@@ -27,6 +36,9 @@ OUTCOME_SCHEMA = {
     "attempt_log": pl.List(pl.String), "latency_ms": pl.Float64, "response_body": pl.String,
     "itel_id": pl.String, "sent_at": pl.Datetime("us", "UTC"),
 }
+# A row's outcome from an earlier run's ledger row (a struct of OUTCOME_COLUMNS), set by
+# skip_already_sent on records sent but never committed: published, not sent again.
+RECORDED = "ledger_outcome"
 
 
 def _days(rows: pl.DataFrame) -> list[tuple[int, int, int]]:
@@ -52,18 +64,37 @@ def skip_already_sent(
             batch.source, duplicates)
         context.add_output_metadata({"duplicates_in_run": duplicates})
     batch = deduplicated
-    only_accepted = None if batch.mode == "live" else pl.col("outcome") == "accepted"
     # The records' days and dedupe_days before: a copy redelivered across midnight is found.
     days = window_days(_days(batch.rows), batch.settings.dedupe_days)
-    handled = delta.values_present(LEDGER_TABLE, "event_id", batch.rows["event_id"].to_list(),
-                                   days, where=only_accepted)
+    ids = batch.rows["event_id"].to_list()
+    recorded = None
+    if batch.mode != "live":
+        handled = delta.values_present(LEDGER_TABLE, "event_id", ids, days,
+                                       where=pl.col("outcome") == "accepted")
+    else:
+        ledger = delta.rows_present(LEDGER_TABLE, "event_id", ids, days,
+                                    ["event_id", *OUTCOME_COLUMNS, *RECORD_COLUMNS])
+        handled = set() if ledger is None else set(ledger["event_id"].to_list())
+        # A live run's range starts at the group's committed offset: a ledger row of one of its
+        # own records was written by a run that died before publishing and committing.
+        recorded = None if ledger is None else recorded_outcomes(batch.rows, ledger)
     if not handled:
         return batch
-    remaining = batch.rows.filter(~pl.col("event_id").is_in(list(handled)))
+    rows = batch.rows
+    again = ~pl.col("event_id").is_in(list(handled))
+    if recorded is not None and recorded.height:
+        rows = rows.join(recorded.select("event_id", pl.struct(OUTCOME_COLUMNS).alias(RECORDED)),
+                         on="event_id", how="left")
+        again = again | pl.col(RECORDED).is_not_null()
+        worker_logger(batch.settings).info(
+            "%s: %d events sent by a run that never committed them: their results are published "
+            "from the send ledger, not sent again", batch.source, recorded.height)
+    remaining = rows.filter(again)
     skipped = batch.rows.height - remaining.height
-    worker_logger(batch.settings).info(
-        "%s: %d events already in the send ledger, not sent again", batch.source, skipped)
-    context.add_output_metadata({"already_in_ledger": skipped})
+    if skipped:
+        worker_logger(batch.settings).info(
+            "%s: %d events already in the send ledger, not sent again", batch.source, skipped)
+        context.add_output_metadata({"already_in_ledger": skipped})
     return replace(batch.next(remaining), already_handled=batch.already_handled + skipped)
 
 
@@ -79,21 +110,85 @@ def _outcome_frame(report) -> pl.DataFrame:
     )
 
 
+def record_round(writer: DeltaTableWriter, ledger: pl.DataFrame):
+    """One round's final outcomes into the ledger (one MERGE per day, idempotent by ledger_key),
+    before the next round is sent."""
+    return writer.merge_new_rows(ledger)
+
+
+def _nearest_rank(values: pl.Series, fraction: float) -> float | None:
+    if values.is_empty():
+        return None
+    return round(values.sort()[max(0, math.ceil(fraction * values.len()) - 1)], 3)
+
+
+def _split_recorded(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """(rows to send, rows whose outcome an earlier run recorded, with its outcome columns)."""
+    if RECORDED not in rows.columns:
+        return rows, None
+    recorded = rows.filter(pl.col(RECORDED).is_not_null())
+    recorded = recorded.drop(RECORDED).join(recorded.select("event_id", pl.col(RECORDED))
+                                            .unnest(RECORDED), on="event_id")
+    return rows.filter(pl.col(RECORDED).is_null()).drop(RECORDED), recorded
+
+
 @dg.op(out=dg.Out(io_manager_key=STAGE_IO), tags={"stage": "itel_api_send"})
 def send_to_itel(
-    context: dg.OpExecutionContext, batch: StageBatch, itel: ItelApiResource
+    context: dg.OpExecutionContext, batch: StageBatch, itel: ItelApiResource,
+    delta: DeltaTablesResource,
 ) -> StageBatch:
+    """Sends round after round (ItelApiResource.round_size() events each) and MERGEs each round's
+    final outcomes into the ledger before the next; once the breaker holds a round's events back,
+    no later round is sent. A crash here re-sends at most the round in flight."""
     settings = batch.settings
     log = worker_logger(settings)
     if batch.rows.is_empty():
         return batch
-    rows = with_payloads(batch.rows, itel.payload_template())
-    report = itel.send_rows(rows)
-    sent = rows.join(_outcome_frame(report), on="event_id", how="left")
-    by_outcome = dict(sent.group_by("outcome").len().rows())
-    accepted = sent.filter(pl.col("outcome") == "accepted")
-    failed = sent.filter(pl.col("outcome").is_in(["rejected", "dead_lettered"]))
+    to_send, recorded = _split_recorded(batch.rows)
+    rows = send_rounds(with_payloads(to_send, itel.payload_template()), itel.round_size())
+    writer = delta.writer(LEDGER_TABLE, key="ledger_key", dedupe_days=settings.dedupe_days)
+    reports, outcomes, ledgers, inserted = [], [], [], 0
+    for _, round_rows in rows.group_by("send_round", maintain_order=True):
+        if reports and reports[-1].skipped_by_breaker:
+            break  # the breaker stopped sending: later rounds stay in Kafka
+        report = itel.send_rows(round_rows)
+        outcome = _outcome_frame(report)
+        ledger = ledger_rows(round_rows.join(outcome, on="event_id", how="left"), context.run_id)
+        if ledger.height:
+            inserted += record_round(writer, ledger).inserted
+        reports.append(report)
+        outcomes.append(outcome)
+        ledgers.append(ledger)
+    sent = rows.drop("send_round").join(
+        pl.concat(outcomes) if outcomes else pl.DataFrame(schema=OUTCOME_SCHEMA),
+        on="event_id", how="left",
+    ).with_columns(pl.col("outcome").fill_null("not_sent"))
+    this_run = sent.filter(pl.col("outcome").is_in(FINAL_OUTCOMES))
+    if recorded is not None:
+        sent = pl.concat([sent, recorded], how="diagonal_relaxed")
+    by_outcome = dict(this_run.group_by("outcome").len().rows())
     held_back = sent.filter(pl.col("outcome") == "not_sent")
+    commit_before = None
+    finished = pl.col("outcome").is_in(FINAL_OUTCOMES)
+    if held_back.height:
+        # Per partition: the first event held back, and every later one, stay in Kafka.
+        commit_before = dict(held_back.group_by("kafka_partition")
+                             .agg(pl.col("kafka_offset").min()).rows())
+        stopped = next((r for r in reports if r.skipped_by_breaker), None)
+        log.warning("%s: %s; %d events stay in Kafka from offsets %s", batch.source,
+                    (stopped.warning if stopped and stopped.warning else None)
+                    or f"circuit breaker {reports[-1].breaker_state if reports else 'open'}",
+                    held_back.height,
+                    ", ".join(f"{p}:{o}" for p, o in sorted(commit_before.items())))
+        if batch.mode == "live":
+            # A finished event past the commit point is published by the run that commits it
+            # (from the ledger), so its success or error record is published once.
+            limit = pl.col("kafka_partition").replace_strict(commit_before, default=None)
+            finished = finished & ~(pl.col("kafka_offset") >= limit).fill_null(False)
+    awaiting_commit = sent.filter(pl.col("outcome").is_in(FINAL_OUTCOMES)).height \
+        - sent.filter(finished).height
+    accepted = sent.filter(finished & (pl.col("outcome") == "accepted"))
+    failed = sent.filter(finished & pl.col("outcome").is_in(["rejected", "dead_lettered"]))
     failures = stage_failures(
         failed, worker=settings.name, stage="itel_api_send",
         error_type=pl.format("itel_{}", pl.col("outcome")),
@@ -105,21 +200,20 @@ def send_to_itel(
     if failed.height:
         log.warning("%s: %d events rejected or dead-lettered by iTel, to %s",
                     batch.source, failed.height, settings.error_topic)
-    commit_before = None
-    if held_back.height:
-        # Per partition: the first event held back, and every later one, stay in Kafka.
-        commit_before = dict(held_back.group_by("kafka_partition")
-                             .agg(pl.col("kafka_offset").min()).rows())
-        log.warning("%s: %s; %d events stay in Kafka from offsets %s", batch.source,
-                    report.warning or f"circuit breaker {report.breaker_state}", held_back.height,
-                    ", ".join(f"{p}:{o}" for p, o in sorted(commit_before.items())))
+    latencies = this_run["latency_ms"]
     metadata = {
-        "sent": accepted.height + failed.height, "accepted": by_outcome.get("accepted", 0),
+        "sent": this_run.height, "accepted": by_outcome.get("accepted", 0),
         "rejected": by_outcome.get("rejected", 0),
         "dead_lettered": by_outcome.get("dead_lettered", 0),
-        "not_sent": held_back.height, "retried": report.retried,
-        "requests_made": report.requests_made, "breaker_state": report.breaker_state,
-        "latency_p50_ms": report.latency_p50_ms, "latency_p95_ms": report.latency_p95_ms,
+        "not_sent": held_back.height, "retried": sum(r.retried for r in reports),
+        "requests_made": sum(r.requests_made for r in reports),
+        "breaker_state": reports[-1].breaker_state if reports else None,
+        "latency_p50_ms": _nearest_rank(latencies, 0.50),
+        "latency_p95_ms": _nearest_rank(latencies, 0.95),
+        "send_rounds": len(reports), "ledger_rows_inserted": inserted,
+        "recovered_from_ledger": 0 if recorded is None else recorded.height,
+        # Counted as held in Kafka by the commit check: their records go out with the commit.
+        "awaiting_commit": awaiting_commit,
     }
     context.add_output_metadata({k: v for k, v in metadata.items() if v is not None})
     success = accepted.select(
@@ -129,21 +223,4 @@ def send_to_itel(
     # Carried to the run's materialization metadata by the last op.
     facts = {k: v for k, v in metadata.items() if v is not None}
     return replace(batch.next(success, failures, **facts), commit_before=commit_before,
-                   ledger=ledger_rows(sent, context.run_id))
-
-
-@dg.op(out=dg.Out(io_manager_key=STAGE_IO), tags={"stage": "send_ledger"},
-       retry_policy=dg.RetryPolicy(max_retries=3, delay=1, backoff=dg.Backoff.EXPONENTIAL,
-                                   jitter=dg.Jitter.PLUS_MINUS))
-def write_send_ledger(
-    context: dg.OpExecutionContext, batch: StageBatch, delta: DeltaTablesResource
-) -> StageBatch:
-    """Record the outcomes before the commit: a crash here re-sends, and iTel's Idempotency-Key
-    answers the repeat with the same itel_id."""
-    if batch.ledger is None or batch.ledger.is_empty():
-        return batch
-    writer = delta.writer(LEDGER_TABLE, key="ledger_key", dedupe_days=batch.settings.dedupe_days)
-    result = writer.merge_new_rows(batch.ledger)
-    context.add_output_metadata({"ledger_rows_inserted": result.inserted,
-                                 "ledger_version": result.version})
-    return batch
+                   ledger=pl.concat(ledgers) if ledgers else None)

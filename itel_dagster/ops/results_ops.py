@@ -115,7 +115,8 @@ def publish_results_and_commit(
     settings = batch.settings
     errors = pl.concat(batch.errors, how="diagonal_relaxed") if batch.errors else None
     error_count = errors.height if errors is not None else 0
-    not_sent = batch.counts.get("not_sent", 0)
+    # The API worker's finished sends past its commit point: published by the run that commits them.
+    not_sent = batch.counts.get("not_sent", 0) + batch.counts.get("awaiting_commit", 0)
     handled = batch.rows.height + error_count + batch.already_handled + not_sent
     if handled != batch.counts.get("read", 0):
         raise dg.Failure(

@@ -238,12 +238,21 @@ class DeltaTablesResource(dg.ConfigurableResource):
     ) -> set:
         """Which of `values` the table holds in `column`, looking only at the given days (and at
         rows matching `where`, when given)."""
+        found = self.rows_present(name, column, values, days, [column], where)
+        return set() if found is None else set(found[column].to_list())
+
+    def rows_present(
+        self, name: str, column: str, values: list, days: list[tuple[int, int, int]],
+        columns: list[str], where: pl.Expr | None = None,
+    ) -> pl.DataFrame | None:
+        """`columns` of the rows whose `column` is one of `values`, in the given days only (and
+        matching `where`); None when there are none or the table does not exist yet."""
         if not values or not days:
-            return set()
+            return None
         uri = self.table_uri(name)
         options = delta_storage_options()
         if not DeltaTable.is_deltatable(uri, storage_options=options):
-            return set()
+            return None
         table = pl.scan_delta(uri, storage_options=options)
         in_days = pl.any_horizontal(
             [(pl.col("year") == y) & (pl.col("month") == m) & (pl.col("day") == d)
@@ -252,5 +261,5 @@ class DeltaTablesResource(dg.ConfigurableResource):
         wanted = in_days & pl.col(column).is_in(values)
         if where is not None:
             wanted = wanted & where
-        found = table.filter(wanted).select(column).collect()
-        return set(found[column].to_list())
+        found = table.filter(wanted).select(columns).collect()
+        return None if found.is_empty() else found

@@ -18,6 +18,39 @@ LEDGER_COLUMNS = [
     "year", "month", "day",
 ]
 FINAL_OUTCOMES = ("accepted", "rejected", "dead_lettered")
+# What a ledger row tells of its send, as the sender's outcome columns name it.
+OUTCOME_COLUMNS = ["outcome", "status_code", "attempts", "attempt_log", "latency_ms",
+                   "response_body", "itel_id", "sent_at"]
+RECORD_COLUMNS = ["kafka_topic", "kafka_partition", "kafka_offset"]
+
+
+def send_rounds(rows: pl.DataFrame, round_size: int) -> pl.DataFrame:
+    """`rows` with `send_round` (0, 1, ...), at most round_size rows a round, the rows sorted by
+    it. Round r holds each assignment's r-th event (in Kafka order) before any later one, so an
+    assignment's events never go before its earlier ones, and a round spreads over as many
+    assignments (the sender's parallel lanes) as it can."""
+    in_assignment = pl.col("kafka_offset").rank("ordinal").over("assignment_id")
+    return (
+        rows.with_columns(in_assignment.alias("_nth"))
+        .sort("_nth", "kafka_offset")
+        .with_columns((pl.int_range(pl.len()) // round_size).alias("send_round"))
+        .drop("_nth")
+    )
+
+
+def recorded_outcomes(rows: pl.DataFrame, ledger: pl.DataFrame) -> pl.DataFrame:
+    """The outcome the ledger holds for each of `rows` sent from this very Kafka record (same
+    topic, partition and offset): event_id plus OUTCOME_COLUMNS, accepted first, else the latest.
+    `ledger`: ledger rows with event_id, OUTCOME_COLUMNS and RECORD_COLUMNS."""
+    records = rows.select("event_id", *RECORD_COLUMNS)
+    return (
+        ledger.with_columns(pl.col(c).cast(records.schema[c]) for c in RECORD_COLUMNS)
+        .join(records, on=["event_id", *RECORD_COLUMNS], how="semi")
+        .sort(pl.col("outcome") == "accepted", "sent_at", descending=True, nulls_last=True)
+        .unique("event_id", keep="first", maintain_order=True)
+        .select("event_id", *OUTCOME_COLUMNS)
+        .with_columns(pl.col("attempt_log").str.split("\n"))
+    )
 
 
 def ledger_rows(sent: pl.DataFrame, run_id: str) -> pl.DataFrame:
