@@ -4,6 +4,7 @@ process, see code changes at once, can be terminated, and a dead run worker is r
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -327,3 +328,37 @@ def test_a_run_not_yet_tagged_is_never_reported_dead(tmp_path):
         # Past the window nothing says it was ever ours: Dagster's own verdict (UNKNOWN).
         wait_for(lambda: instance.run_launcher.check_run_worker_health(run).status
                  == WorkerStatus.UNKNOWN, timeout=10, what="the start window to pass")
+
+
+def test_a_run_process_waits_until_its_tag_names_it(tmp_path, monkeypatch):
+    """Until the launch has tagged the run with its process (a daemon that hangs or dies right
+    after the fork), that process runs nothing: no live run ever lacks the tag that health and
+    termination go by."""
+    jobs = write_jobs(tmp_path / "jobs.py", "v1")
+    started = tmp_path / "started"
+    with launcher_instance(spare_imports=[]) as instance:
+        tagging, go_on = threading.Event(), threading.Event()
+        add_run_tags = instance.add_run_tags
+
+        def hanging_tagger(run_id, tags):
+            tagging.set()
+            go_on.wait(60)
+            add_run_tags(run_id, tags)
+
+        monkeypatch.setattr(instance, "add_run_tags", hanging_tagger)
+        launched = []
+        launcher = threading.Thread(target=lambda: launched.append(
+            launch(instance, jobs, "long_job", "wait_long", {"started": str(started)})))
+        launcher.start()
+        try:
+            wait_for(tagging.is_set, what="the launch to tag the run")
+            time.sleep(4.0)  # a forked run reaches its op in 1-2 s
+            assert not started.exists()
+        finally:
+            go_on.set()
+            launcher.join(60)
+        wait_for(started.exists, what="the op to start once tagged")
+        run = instance.get_run_by_id(launched[0])
+        pid = int(run.tags[RUN_PID_TAG])
+        assert instance.run_launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING
+        os.kill(pid, signal.SIGKILL)

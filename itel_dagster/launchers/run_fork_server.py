@@ -10,8 +10,11 @@ never imported ahead: a code change still reaches the next run. A spare that die
 and that run is forked directly.
 
 Protocol, one JSON object per line: the launcher writes {"execute_run_args": <serialized
-ExecuteRunArgs>} to stdin; the server answers {"pid": <child pid>, "spare": <bool>} or
-{"error": "..."} on stdout.
+ExecuteRunArgs>} to stdin; the server reserves a run process (the spare, or a fresh fork) and
+answers {"pid": <child pid>, "spare": <bool>} or {"error": "..."} on stdout. The process waits
+until the launcher has tagged the run with it and writes {"go": true} (answered {"started":
+true}, or {"started": false, "error": ...} when it died meanwhile) or {"go": false} (it exits
+without running): no process ever runs a run whose tag does not name it.
 The first line it writes is {"ready": true, "threads": n} once the preloads are imported, or
 {"ready": false, "error": "..."} when forking would be unsafe. It exits when stdin closes.
 
@@ -92,12 +95,17 @@ def _fork_spare(spare_imports: list[str]) -> Spare:
     pid = os.fork()
     if pid == 0:
         os.close(write_end)
+        # Another waiting process's pipe must not stay open here, or it never sees its end.
+        reserved = _state["reserved"]
+        for other in (_state["spare"], reserved[0] if reserved else None):
+            if other is not None:
+                other.close()
         _spare_child(read_end, spare_imports)
     os.close(read_end)
     return Spare(pid, write_end)
 
 
-_state: dict = {"spare": None, "spare_imports": []}
+_state: dict = {"spare": None, "spare_imports": [], "reserved": None}
 
 
 def _reap() -> None:
@@ -185,29 +193,44 @@ def serve(preload: list[str], spare_imports: list[str] | None = None) -> int:
 
 
 def _handle(line: bytes) -> None:
+    reserved = _state["reserved"]
+    _state["reserved"] = None
     try:
-        execute_run_args = json.loads(line)["execute_run_args"]
-    except (ValueError, KeyError, TypeError) as exc:
+        request = json.loads(line)
+        if reserved is not None:  # the launcher's word on the process it reserved
+            process, execute_run_args = reserved
+            if not request.get("go"):
+                process.close()  # it exits without running anything
+                _reply({"started": False})
+            elif process.hand_over(execute_run_args):
+                _reply({"started": True})
+            else:
+                _reply({"started": False, "error": f"run process {process.pid} died before its run"})
+            return
+        execute_run_args = request["execute_run_args"]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        if reserved is not None:
+            reserved[0].close()
         _reply({"error": f"bad request: {exc!r}"})
         return
-    pid, from_spare = _start_run(execute_run_args)
-    _reply({"pid": pid, "spare": from_spare})
+    process, from_spare = _reserve()
+    _state["reserved"] = (process, execute_run_args)
+    _reply({"pid": process.pid, "spare": from_spare})
     if _state["spare_imports"]:
         _state["spare"] = _fork_spare(_state["spare_imports"])
 
 
-def _start_run(execute_run_args: str) -> tuple[int, bool]:
-    """(pid, whether the waiting spare took the run); without a live spare, a fresh fork."""
+def _reserve() -> tuple[Spare, bool]:
+    """(a process waiting for its run, whether it is the spare that imported ahead); without a
+    live spare, a fresh fork that imports nothing ahead."""
+    _reap()  # learn whether the spare died
     spare = _state["spare"]
+    _state["spare"] = None
     if spare is not None:
-        _reap()  # learn whether it died
-        _state["spare"] = None
-        if spare.hand_over(execute_run_args):
-            return spare.pid, True
-    pid = os.fork()
-    if pid == 0:
-        _run_child(execute_run_args)
-    return pid, False
+        if not spare.exited:
+            return spare, True
+        spare.close()
+    return _fork_spare([]), False
 
 
 def main(argv: list[str] | None = None) -> int:

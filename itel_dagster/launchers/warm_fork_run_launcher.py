@@ -121,15 +121,22 @@ class ForkServer:
             self.stop()
             raise ForkServerError(f"the run fork server did not start: {hello.get('error', hello)}")
 
-    def fork_run(self, execute_run_args: str, timeout: float) -> tuple[int, bool]:
-        """(pid, whether the run went to a spare that had imported ahead)."""
-        assert self.process is not None and self.process.stdin is not None
-        self.process.stdin.write(json.dumps({"execute_run_args": execute_run_args}).encode()
-                                 + b"\n")
-        reply = self._read_reply(timeout)
+    def reserve(self, execute_run_args: str, timeout: float) -> tuple[int, bool]:
+        """(pid of the process that will run it once released, whether it is a spare that had
+        imported ahead)."""
+        reply = self._request({"execute_run_args": execute_run_args}, timeout)
         if "pid" not in reply:
             raise ForkServerError(f"the run fork server refused the run: {reply.get('error', reply)}")
         return int(reply["pid"]), bool(reply.get("spare"))
+
+    def release(self, go: bool, timeout: float) -> bool:
+        """Lets the reserved process run (go) or exit; False when it died before its run."""
+        return bool(self._request({"go": go}, timeout).get("started"))
+
+    def _request(self, message: dict, timeout: float) -> dict:
+        assert self.process is not None and self.process.stdin is not None
+        self.process.stdin.write(json.dumps(message).encode() + b"\n")
+        return self._read_reply(timeout)
 
     def _read_reply(self, timeout: float) -> dict:
         assert self.process is not None and self.process.stdout is not None
@@ -241,16 +248,39 @@ class WarmForkRunLauncher(RunLauncher, ConfigurableClass):
                                               instance_ref=self._instance.get_ref()))
         executable = origin.executable_path or sys.executable
         with self._lock:
-            pid, spare = self._fork(executable, args)
-        # Read while the fork server has not reaped it yet (a zombie keeps its start time).
-        identity = process_identity(pid) or f"{pid}:exited"
-        self._instance.add_run_tags(run.run_id, {RUN_PID_TAG: str(pid), RUN_PROCESS_TAG: identity})
+            pid, spare = self._start(executable, args, run.run_id)
         message = (f"Started in a spare run worker (pid: {pid}) forked ahead from the warm run "
                    "process" if spare else
                    f"Forked run worker (pid: {pid}) from the warm run process")
         self._instance.report_engine_event(message, run, cls=self.__class__)
 
-    def _fork(self, executable: str, args: str) -> tuple[int, bool]:
+    def _start(self, executable: str, args: str, run_id: str) -> tuple[int, bool]:
+        """Tags the run with its process before that process may run it: a launch that dies in
+        between leaves a STARTING run and no process (Dagster's start timeout fails it), never
+        a live run that health checks cannot name."""
+        for _ in (1, 2):  # a reserved process that died meanwhile is replaced once
+            server, pid, spare = self._reserve(executable, args)
+            # Read before the fork server may reap it (a zombie keeps its start time).
+            identity = process_identity(pid) or f"{pid}:exited"
+            try:
+                self._instance.add_run_tags(
+                    run_id, {RUN_PID_TAG: str(pid), RUN_PROCESS_TAG: identity})
+            except BaseException:
+                self._release(server, executable, go=False)
+                raise
+            if self._release(server, executable, go=True):
+                return pid, spare
+        raise DagsterLaunchFailedError("the reserved run process died twice before its run")
+
+    def _release(self, server: ForkServer, executable: str, go: bool) -> bool:
+        try:
+            return server.release(go, self.fork_timeout_seconds)
+        except (ForkServerError, OSError) as exc:
+            server.stop()
+            self._servers.pop(executable, None)
+            raise DagsterLaunchFailedError(str(exc)) from exc
+
+    def _reserve(self, executable: str, args: str) -> tuple[ForkServer, int, bool]:
         server = self._servers.get(executable)
         for attempt in (1, 2):  # a server that died is started once more
             try:
@@ -259,7 +289,7 @@ class WarmForkRunLauncher(RunLauncher, ConfigurableClass):
                                         self.spare_imports, self.env)
                     server.start()
                     self._servers[executable] = server
-                return server.fork_run(args, self.fork_timeout_seconds)
+                return server, *server.reserve(args, self.fork_timeout_seconds)
             except (ForkServerError, OSError) as exc:
                 if server is not None:
                     server.stop()
