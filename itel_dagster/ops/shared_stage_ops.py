@@ -95,7 +95,7 @@ def _read_micro_batch(config: KafkaRangeConfig, kafka: KafkaResource) -> StageBa
     settings = load_workers()[config.worker]
     kafka_ranges = config.kafka_ranges()
     records, missing, value_bytes = [], 0, 0
-    # partition -> first offset not read, where max_bytes_per_run stopped the run's reads.
+    # partition -> first offset not read, where max_bytes_per_run or the log's end stopped a read.
     read_until: dict[int, int] = {}
     # partition -> the first offset the run could read (above the range's start: retention).
     first_readable: dict[int, int] = {}
@@ -129,8 +129,8 @@ def _read_micro_batch(config: KafkaRangeConfig, kafka: KafkaResource) -> StageBa
         lost = lost_ranges(kafka_ranges, first_readable, committed)
     if read_until:
         worker_logger(settings).info(
-            "read %d bytes of values (max_bytes_per_run %d); the rest stays in Kafka from %s",
-            value_bytes, settings.max_bytes_per_run,
+            "read %d bytes of values (max_bytes_per_run %d); stopped at the byte budget or the "
+            "log's end, the rest stays in Kafka from %s", value_bytes, settings.max_bytes_per_run,
             ", ".join(f"{p}:{o}" for p, o in sorted(read_until.items())))
     return StageBatch(
         worker=config.worker,
