@@ -18,7 +18,7 @@ from itel_dagster.resources.kafka import KafkaResource
 from itel_dagster.settings.connections import load_itel_connection
 
 API = "itel_cabinet_api_worker"
-ROUND = 8  # max_concurrency 2 x 4 events per connection
+ROUND = 8  # send_round_size, as each test sets it
 
 
 def _request_of(result: dg.ExecuteInProcessResult) -> dg.RunRequest:
@@ -67,7 +67,7 @@ def _successes(pipeline) -> list[str]:
 
 def test_each_round_is_in_the_ledger_before_the_next_is_sent(pipeline, itel_simulator,
                                                               monkeypatch):
-    pipeline.set_itel(max_concurrency=2)
+    pipeline.set_itel(max_concurrency=2, send_round_size=ROUND)
     records = list(generate_records(count=30, seed=171, days=1))
     pipeline.produce(records)
     writes = _ledger_writes(monkeypatch)
@@ -93,7 +93,7 @@ def test_each_round_is_in_the_ledger_before_the_next_is_sent(pipeline, itel_simu
 
 def test_a_run_killed_after_a_post_round_re_sends_at_most_that_round(pipeline, itel_simulator,
                                                                       monkeypatch):
-    pipeline.set_itel(max_concurrency=2)
+    pipeline.set_itel(max_concurrency=2, send_round_size=ROUND)
     records = _one_run(30, seed=172)
     pipeline.produce(records)
     # Rounds 1 and 2 reach the ledger; round 3 is POSTed and the run dies before its MERGE.
@@ -125,7 +125,7 @@ def test_a_re_run_publishes_the_results_its_dead_predecessor_only_recorded(
                 "repair_details": {"cabinet_id": "claimx.custom_fields.cabinet_id",
                                    "technician_notes": "claimx.notes"},
                 "source_system": "=claimx"}
-    pipeline.set_itel(payload=template, max_concurrency=2)
+    pipeline.set_itel(payload=template, max_concurrency=2, send_round_size=ROUND)
     records = _one_run(24, seed=173, unknown_fraction=0.3)
     unknown = {r.event_id for r in records if json.loads(r.value)["assignment_id"] >= 9_000_000}
     assert unknown
@@ -157,7 +157,7 @@ def test_a_re_run_publishes_the_results_its_dead_predecessor_only_recorded(
 
 def test_sends_past_the_commit_point_are_published_once_by_the_run_that_commits_them(
         pipeline, itel_simulator, monkeypatch):
-    pipeline.set_itel(max_concurrency=2)
+    pipeline.set_itel(max_concurrency=2, send_round_size=ROUND)
     records = _one_run(24, seed=174)
     pipeline.produce(records)
     breaker = breaker_for(load_itel_connection())

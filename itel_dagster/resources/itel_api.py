@@ -18,7 +18,7 @@ from itel_dagster.settings.paths import state_dir
 
 # A send round (the events whose outcomes are recorded together) holds this many events per
 # connection: enough to keep max_concurrency lanes busy, few enough that a crash re-sends little.
-ROUND_EVENTS_PER_CONNECTION = 4
+ROUND_EVENTS_PER_CONNECTION = 16
 
 
 def breaker_for(settings: ItelConnectionSettings, path: Path | None = None) -> CircuitBreaker:
@@ -60,7 +60,8 @@ class ItelApiResource(dg.ConfigurableResource):
     def round_size(self) -> int:
         """At most this many events are sent before their outcomes reach the send ledger."""
         assert self._settings is not None, "resource used outside a run"
-        return self._settings.max_concurrency * ROUND_EVENTS_PER_CONNECTION
+        return (self._settings.send_round_size
+                or self._settings.max_concurrency * ROUND_EVENTS_PER_CONNECTION)
 
     def send_rows(self, rows: pl.DataFrame) -> SendReport:
         """rows: event_id, assignment_id, kafka_offset and request_payload (JSON text)."""

@@ -28,6 +28,9 @@ class HttpConnectionSettings(_Strict):
     retry_backoff_base: float = Field(2.0, ge=0)
     retry_backoff_max: float = Field(60.0, ge=0)
     max_concurrency: int = Field(8, ge=1)
+    # Events sent before their outcomes reach the send ledger (one ledger MERGE a round): what a
+    # crash can re-POST at most. None: max_concurrency x 16.
+    send_round_size: int | None = Field(None, ge=1)
     headers: dict[str, str] = Field(default_factory=dict)
 
     @property
