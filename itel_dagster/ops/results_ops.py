@@ -13,6 +13,7 @@ from functools import partial
 import dagster as dg
 import polars as pl
 
+from itel_dagster.crash_points import crash_point
 from itel_dagster.kafka.offsets import PartitionProgress
 from itel_dagster.metrics.pipeline_metrics import record_batch_metrics, record_commit_refused
 from itel_dagster.metrics.process_memory import peak_rss_mb
@@ -131,12 +132,14 @@ def publish_results_and_commit(
     _refuse_if_group_moved(batch, kafka)
     producer = kafka.results_producer(client_id=f"{settings.name}-results")
     producer.send(settings.success_topic, in_slices(batch.rows, success_messages))
+    crash_point("mid_publish", settings.name)
     if errors is not None:
         producer.send(settings.error_topic,
                       in_slices(errors, partial(error_record_messages,
                                                 max_payload_bytes=settings.error_payload_max_bytes),
                                 sized_by="original_payload"))
     producer.flush()
+    crash_point("before_commit", settings.name)
     # Up to the range's end, or where the final stage held events back or the read stopped.
     commit_to = batch.commit_to()
     committed = kafka.commit(settings.consumer_group, batch.kafka_ranges[0].topic, commit_to)
