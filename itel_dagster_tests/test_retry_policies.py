@@ -7,8 +7,8 @@ from pathlib import Path
 
 import dagster as dg
 import yaml
-from dagster._core.storage.tags import WILL_RETRY_TAG
 
+from itel_dagster.dagster_seam import WILL_RETRY_TAG
 from itel_dagster.devstack.publisher.events import generate_records
 from itel_dagster.settings.paths import PROJECT_ROOT
 

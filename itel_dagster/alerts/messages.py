@@ -39,7 +39,8 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-# "dagster._core.definitions.events.Failure: ..." reads as "Failure: ...".
+# "package.module.Failure: ..." (an exception's module path, as Dagster prints it) reads as
+# "Failure: ...".
 _MODULE_PATH = re.compile(r"^(?:[A-Za-z_]\w*\.)+(?=[A-Za-z_]\w*: )")
 
 

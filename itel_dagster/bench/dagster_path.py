@@ -25,9 +25,8 @@ from pathlib import Path
 
 import dagster as dg
 import yaml
-from dagster._core.errors import DagsterUserCodeUnreachableError
-from dagster._grpc.client import DagsterGrpcClient
 
+from itel_dagster.dagster_seam import code_server_answers
 from itel_dagster.devstack.kafka.broker import free_port
 from itel_dagster.kafka.offsets import GroupProgressReader
 from itel_dagster.launchers.warm_fork_run_launcher import RUN_PID_TAG
@@ -87,19 +86,13 @@ class DagsterDaemon:
 
     def _wait_for_code_server(self, port: int) -> None:
         """Until it answers: a daemon that found it down would wait for its next refresh (60 s)."""
-        client = DagsterGrpcClient(port=port, host="127.0.0.1")
         deadline = time.monotonic() + self.code_server_start_timeout
-        while True:
-            try:
-                client.ping("")
-                return
-            except DagsterUserCodeUnreachableError:
-                self.check_alive()
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the code server did not answer on port {port} within "
-                                       f"{self.code_server_start_timeout:.0f} s; see "
-                                       f"{self.log_file}") from None
-                time.sleep(0.2)
+        while not code_server_answers(port):
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the code server did not answer on port {port} within "
+                                   f"{self.code_server_start_timeout:.0f} s; see {self.log_file}")
+            time.sleep(0.2)
 
     def check_alive(self) -> None:
         for name, process in (("dagster-daemon", self.process),

@@ -51,6 +51,7 @@ from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import ConfigurableClass, serialize_value
 from dagster._serdes.config_class import ConfigurableClassData
 
+from itel_dagster.dagster_seam import RUN_WORKER_DAGSTER_MODULES
 from itel_dagster.metrics.process_stat import start_ticks, stat_fields
 
 RUN_PID_TAG = "itel/run_pid"
@@ -60,17 +61,7 @@ RUN_PROCESS_TAG = "itel/run_process"  # "pid:starttime" (clock ticks after boot,
 # (sqlalchemy, alembic) is half of it: a run creates its instance from a ref before anything else.
 DEFAULT_PRELOAD = [
     "dagster",
-    "dagster._cli.api",
-    "dagster._core.instance.factory",
-    "dagster._core.storage.root",
-    "dagster._core.storage.sqlite_storage",
-    "dagster._core.storage.event_log.sqlite",
-    "dagster._core.storage.runs.sqlite",
-    "dagster._core.storage.schedules.sqlite",
-    "dagster._core.storage.local_compute_log_manager",
-    "dagster._core.storage.migration.utils",
-    "dagster._core.run_coordinator",
-    "dagster._core.scheduler",
+    *RUN_WORKER_DAGSTER_MODULES,
     "sqlalchemy",
     "alembic",
     "upath",

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 import dagster as dg
-from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG
 
 from itel_dagster.alerts.messages import short_error, user_error
+from itel_dagster.dagster_seam import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG
 from itel_dagster.kafka.offsets import (
     PartitionProgress,
     first_offset_at_or_after,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 
 import dagster as dg
-from dagster._serdes import serialize_value
 
 _lock = threading.Lock()
 _instances: dict[str, dg.DagsterInstance] = {}
@@ -22,7 +21,7 @@ def sensor_instance(context: dg.SensorEvaluationContext) -> dg.DagsterInstance:
     ref = context.instance_ref
     if ref is None:  # a context built around an instance (build_sensor_context in tests)
         return context.instance
-    key = serialize_value(ref)
+    key = dg.serialize_value(ref)
     with _lock:
         instance = _instances.get(key)
         if instance is None:
