@@ -12,6 +12,11 @@ from itel_dagster.assets.itel_api_sends import API_SENDS_ASSET, api_job, itel_ap
 from itel_dagster.assets.tracking_table import TRACKING_ASSET, itel_cabinet_task_tracking, tracking_job
 from itel_dagster.checks.checks_job import ASSET_CHECKS, asset_checks_job, asset_checks_schedule
 from itel_dagster.jobs.dead_letter_replay import itel_dead_letter_replay_job
+from itel_dagster.jobs.delta_maintenance import (
+    MAINTENANCE_JOBS,
+    MAINTENANCE_SCHEDULES,
+    MAINTENANCE_SENSORS,
+)
 from itel_dagster.ops.shared_stage_ops import STAGE_IO
 from itel_dagster.resources.claimx_api import ClaimxApiResource
 from itel_dagster.resources.delta_tables import DeltaTablesResource
@@ -40,8 +45,8 @@ RESOURCES = {
 defs = dg.Definitions(
     assets=[itel_cabinet_task_tracking, itel_api_sends],
     asset_checks=ASSET_CHECKS,
-    jobs=[tracking_job, api_job, itel_dead_letter_replay_job, asset_checks_job],
-    schedules=[asset_checks_schedule],
+    jobs=[tracking_job, api_job, itel_dead_letter_replay_job, asset_checks_job, *MAINTENANCE_JOBS],
+    schedules=[asset_checks_schedule, *MAINTENANCE_SCHEDULES],
     sensors=[
         build_kafka_worker_sensor(_tracking, tracking_job, TRACKING_ASSET,
                                   _tracking.sensor_interval_seconds),
@@ -49,6 +54,7 @@ defs = dg.Definitions(
                                   gate=itel_breaker_gate),
         itel_run_failure_alerts,
         itel_operations_alerts,
+        *MAINTENANCE_SENSORS,
     ],
     resources=RESOURCES,
     # Every job in one process, the implicit asset job of UI backfills too: stage outputs live in

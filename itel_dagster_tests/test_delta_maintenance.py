@@ -1,0 +1,255 @@
+"""Delta table maintenance on real Delta tables on disk (no broker): compaction of a day,
+commits lost to concurrent writers retried by the side that lost, the compaction sensor's
+requests, vacuum and log cleanup, and the retention floor."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import uuid
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+from deltalake import DeltaTable, write_deltalake
+
+from itel_dagster.jobs.delta_maintenance import (
+    MAINTENANCE,
+    TABLE_TAG,
+    compaction_requests,
+    delta_compaction_job,
+    delta_compaction_sensor,
+    delta_vacuum_job,
+)
+from itel_dagster.resources.delta_maintenance import (
+    Retrying,
+    compact_day,
+    day_file_count,
+    vacuum_and_clean_log,
+)
+from itel_dagster.resources.delta_tables import PARTITION_COLUMNS, DeltaTablesResource, DeltaTableWriter
+from itel_dagster.settings.env_yaml import ConfigError
+from itel_dagster.settings.maintenance import MAINTENANCE_FILE, check_retention, load_maintenance
+from itel_dagster.settings.paths import PROJECT_ROOT
+from itel_dagster.settings.workers import load_workers
+
+DAY = date(2026, 11, 5)
+OTHER_DAY = date(2026, 11, 4)
+NO_WAIT = Retrying(max_retries=5, backoff_seconds=0.01)
+
+
+def rows(count: int, day: date = DAY) -> pl.DataFrame:
+    return pl.DataFrame({
+        "event_id": [uuid.uuid4().hex for _ in range(count)],
+        "year": [day.year] * count, "month": [day.month] * count, "day": [day.day] * count,
+    }, schema_overrides={"year": pl.Int32, "month": pl.Int32, "day": pl.Int32})
+
+
+def small_files(uri: str, files: int, day: date = DAY, per_file: int = 3) -> None:
+    """One commit and one Parquet file per append, as a live run leaves them."""
+    for _ in range(files):
+        write_deltalake(uri, rows(per_file, day), partition_by=PARTITION_COLUMNS, mode="append")
+
+
+def data_files(uri: str) -> list[Path]:
+    return [p for p in Path(uri).rglob("*.parquet") if "_delta_log" not in p.parts]
+
+
+def event_ids(uri: str) -> list[str]:
+    return sorted(pl.read_delta(uri)["event_id"].to_list())
+
+
+def test_compaction_leaves_the_day_in_one_file_with_the_same_rows_and_other_days_alone(tmp_path):
+    uri = str(tmp_path / "t")
+    small_files(uri, 12)
+    small_files(uri, 4, OTHER_DAY)
+    before = event_ids(uri)
+
+    result = compact_day(DeltaTable(uri), DAY, target_size=64 * 1024 * 1024, retrying=NO_WAIT)
+
+    assert (result.files_before, result.files_after, result.compacted) == (12, 1, True)
+    table = DeltaTable(uri)
+    assert day_file_count(table, DAY) == 1 and day_file_count(table, OTHER_DAY) == 4
+    assert event_ids(uri) == before
+    # A day already in one file is left as it is.
+    again = compact_day(table, DAY, target_size=64 * 1024 * 1024, retrying=NO_WAIT)
+    assert (again.compacted, again.gave_up, again.files_after) == (False, False, 1)
+
+
+def test_a_compaction_that_loses_to_a_concurrent_commit_runs_again_on_a_new_snapshot(tmp_path):
+    uri = str(tmp_path / "t")
+    small_files(uri, 6)
+    planned = DeltaTable(uri)  # the compaction's snapshot, taken before the other commit
+    # A backfill replaces the day meanwhile: it deletes files the compaction would rewrite, and
+    # delta-rs refuses the compaction's commit (CommitFailedError).
+    replacement = rows(5)
+    DeltaTableWriter(uri).replace_day(replacement, (DAY.year, DAY.month, DAY.day), held={})
+    small_files(uri, 3)  # and live runs append on the new snapshot
+    before = event_ids(uri)
+
+    result = compact_day(planned, DAY, target_size=64 * 1024 * 1024, retrying=NO_WAIT)
+
+    assert result.attempts == 2 and result.compacted and not result.gave_up
+    assert result.files_after == 1
+    assert event_ids(uri) == before  # every commit's rows, the backfill's and the live ones
+    assert set(replacement["event_id"]) <= set(before)
+
+    # Without retries it gives up for this turn: no exception into the run, the table untouched.
+    small_files(uri, 3)
+    stale = DeltaTable(uri)
+    small_files(uri, 1)
+    DeltaTableWriter(uri).replace_day(rows(2), (DAY.year, DAY.month, DAY.day), held={})
+    gave_up = compact_day(stale, DAY, 64 * 1024 * 1024, Retrying(max_retries=0))
+    assert (gave_up.gave_up, gave_up.compacted, gave_up.attempts) == (True, False, 1)
+
+
+class CountingWriter(DeltaTableWriter):
+    """The live writer, counting the snapshots it loads afresh: one, plus one per lost commit."""
+
+    fresh_loads = 0
+
+    def _load(self):
+        if self._table is None:
+            self.fresh_loads += 1
+        return super()._load()
+
+
+def test_live_merges_during_compactions_never_fail_and_write_each_event_once(tmp_path):
+    uri = str(tmp_path / "t")
+    small_files(uri, 30)
+    live = CountingWriter(uri, dedupe_days=1)
+    written, errors, stop = [], [], threading.Event()
+
+    def live_runs():
+        try:
+            while not stop.is_set():
+                batch = rows(4)
+                live.merge_new_rows(batch)
+                written.extend(batch["event_id"].to_list())
+        except Exception as exc:  # noqa: BLE001 - the assertion below reports it
+            errors.append(exc)
+
+    worker = threading.Thread(target=live_runs)
+    worker.start()
+    compactions = []
+    try:
+        deadline = datetime.now() + timedelta(seconds=8)
+        while datetime.now() < deadline and (len(compactions) < 3 or live.fresh_loads < 2):
+            small_files(uri, 5)
+            compactions.append(compact_day(DeltaTable(uri), DAY, 64 * 1024 * 1024, NO_WAIT))
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+
+    assert not errors, errors
+    assert any(c.compacted for c in compactions)
+    assert live.fresh_loads >= 2, "no live MERGE lost its commit to a compaction"
+    table = pl.read_delta(uri)
+    assert set(written) <= set(table["event_id"])
+    assert table["event_id"].n_unique() == table.height  # each event once
+    operations = [entry["operation"] for entry in DeltaTable(uri).history()]
+    assert "OPTIMIZE" in operations and "MERGE" in operations
+
+
+def test_the_sensor_asks_for_today_past_the_threshold_and_each_closed_day_once(tmp_path):
+    uri = str(tmp_path / "t")
+    now = datetime(2026, 11, 5, 0, 30, tzinfo=timezone.utc)
+    small_files(uri, 4, DAY)
+    settings = MAINTENANCE.model_copy(update={"compact_min_files": 3, "closed_day_delay_hours": 1,
+                                              "closed_day_lookback_days": 2})
+
+    # Half an hour after midnight: yesterday is not closed yet (closed_day_delay_hours 1).
+    early = compaction_requests("t", DeltaTable(uri), now, settings)
+    assert sorted((r.run_key, r.tags["itel/delta_table"]) for r in early) == [
+        (f"t:{DAY - timedelta(days=2)}:closed", "t"), (f"t:{DAY}:v3", "t")]
+    today = next(r for r in early if r.run_key.endswith(":v3"))
+    assert today.run_config["ops"]["compact_day_partition"]["config"] == {
+        "table": "t", "day": DAY.isoformat()}
+
+    # An hour after midnight the day before is closed: one request, under a key that never
+    # changes (Dagster launches a run_key once), with today's still keyed by the table version.
+    later = compaction_requests("t", DeltaTable(uri), now + timedelta(hours=1), settings)
+    assert sorted(r.run_key for r in later) == sorted(
+        [f"t:{OTHER_DAY}:closed", f"t:{DAY - timedelta(days=2)}:closed", f"t:{DAY}:v3"])
+    small_files(uri, 1)
+    again = compaction_requests("t", DeltaTable(uri), now + timedelta(hours=2), settings)
+    assert f"t:{OTHER_DAY}:closed" in {r.run_key for r in again}
+    assert f"t:{DAY}:v4" in {r.run_key for r in again}
+    quiet = settings.model_copy(update={"compact_min_files": 10, "closed_day_lookback_days": 1})
+    assert compaction_requests("t", DeltaTable(uri), now, quiet) == []
+
+
+def test_the_compaction_job_and_sensor_run_in_dagster_on_the_resource_root(tmp_path):
+    delta = DeltaTablesResource(root=str(tmp_path))
+    small_files(delta.table_uri("itel_api_sends"), 5)
+    result = delta_compaction_job.execute_in_process(
+        run_config={"ops": {"compact_day_partition": {
+            "config": {"table": "itel_api_sends", "day": DAY.isoformat()}}}},
+        resources={"delta": delta})
+    assert result.success
+    assert day_file_count(DeltaTable(delta.table_uri("itel_api_sends")), DAY) == 1
+    (materialized,) = [e for e in result.events_for_node("compact_day_partition")
+                       if e.event_type_value == "STEP_OUTPUT"]
+    metadata = materialized.step_output_data.metadata
+    assert (metadata["files_before"].value, metadata["files_after"].value) == (5, 1)
+
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, resources={"delta": delta})
+        tables = {r.tags[TABLE_TAG] for r in delta_compaction_sensor(context)}
+        assert tables == {"itel_cabinet_task_tracking", "itel_api_sends"}  # their closed days
+        # A table whose compaction is still queued or running gets no second one meanwhile.
+        instance.create_run_for_job(delta_compaction_job, tags={TABLE_TAG: "itel_api_sends"},
+                                    run_config={"ops": {"compact_day_partition": {"config": {
+                                        "table": "itel_api_sends", "day": DAY.isoformat()}}}})
+        requests = delta_compaction_sensor(context)
+        assert {r.tags[TABLE_TAG] for r in requests} == {"itel_cabinet_task_tracking"}
+
+
+def test_vacuum_deletes_removed_files_past_retention_and_cleans_the_log(tmp_path):
+    uri = str(tmp_path / "t")
+    small_files(uri, 8)
+    compact_day(DeltaTable(uri), DAY, 64 * 1024 * 1024, NO_WAIT)
+    parquet_before = len(data_files(uri))
+    log_before = len(list((Path(uri) / "_delta_log").glob("*.json")))
+    ids = event_ids(uri)
+
+    outcome = vacuum_and_clean_log(DeltaTable(uri), vacuum_hours=0, log_hours=0, retrying=NO_WAIT)
+
+    assert outcome["files_deleted"] == 8 and outcome["properties_set"] is True
+    assert len(data_files(uri)) == parquet_before - 8
+    assert len(list((Path(uri) / "_delta_log").glob("*.json"))) < log_before
+    assert event_ids(uri) == ids
+    config = DeltaTable(uri).metadata().configuration
+    assert config["delta.deletedFileRetentionDuration"] == "interval 0 hours"
+
+    # The job keeps the configured 7 days: the compaction's removed files stay.
+    small_files(uri, 3)
+    compact_day(DeltaTable(uri), DAY, 64 * 1024 * 1024, NO_WAIT)
+    on_disk = len(data_files(uri))
+    assert delta_vacuum_job.execute_in_process(
+        resources={"delta": DeltaTablesResource(root=str(tmp_path))}).success
+    assert len(data_files(uri)) == on_disk
+
+
+def test_a_retention_below_what_readers_need_is_refused_at_load(tmp_path, monkeypatch):
+    workers = load_workers()
+    assert MAINTENANCE.vacuum_retention_hours >= 168 and MAINTENANCE.log_retention_hours >= 168
+    # dedupe_days 1: a dedupe window reads the record's day and the one before, 48 h.
+    check_retention(MAINTENANCE.model_copy(update={"vacuum_retention_hours": 48}), workers)
+    with pytest.raises(ConfigError, match="vacuum_retention_hours' is 47 h, below the 48 h"):
+        check_retention(MAINTENANCE.model_copy(update={"vacuum_retention_hours": 47}), workers)
+    with pytest.raises(ConfigError, match="log_retention_hours.*below the 200 h"):
+        check_retention(MAINTENANCE.model_copy(update={"reader_history_hours": 200,
+                                                       "vacuum_retention_hours": 200,
+                                                       "log_retention_hours": 199}), workers)
+
+    config = tmp_path / "config"
+    shutil.copytree(PROJECT_ROOT / "config", config)
+    path = config / MAINTENANCE_FILE
+    path.write_text(path.read_text().replace("vacuum_retention_hours: 168",
+                                             "vacuum_retention_hours: 24"))
+    monkeypatch.setenv("ITEL_CONFIG_DIR", str(config))
+    with pytest.raises(ConfigError, match="delta_maintenance.vacuum_retention_hours"):
+        load_maintenance()
