@@ -131,12 +131,12 @@ def test_a_re_run_publishes_the_results_its_dead_predecessor_only_recorded(
     assert unknown
     pipeline.produce(records)
 
-    def dead_producer(self, client_id):
+    def dead_producer(self, transactional_id, client_id):
         raise dg.Failure("killed before publishing", allow_retries=False)
 
     # Every send and ledger row is done; the run dies before publishing and committing.
     with monkeypatch.context() as patch:
-        patch.setattr(KafkaResource, "results_producer", dead_producer)
+        patch.setattr(KafkaResource, "results_transaction", dead_producer)
         [request] = pipeline.tick(API).run_requests
         killed = pipeline.execute(API, request)
     assert not killed.success

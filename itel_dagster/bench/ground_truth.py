@@ -5,10 +5,11 @@ and every correctness check compares against this, never against what the pipeli
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 from itel_dagster.devstack.publisher.events import BAD_KIND_HEADER, EVENT_ID_HEADER
 
@@ -29,7 +30,8 @@ class InputRecord:
 
 def _consumer(bootstrap: str) -> Consumer:
     return Consumer({"bootstrap.servers": bootstrap, "group.id": "itel-bench-reader",
-                     "enable.auto.commit": False, "enable.partition.eof": False})
+                     "enable.auto.commit": False, "enable.partition.eof": True,
+                     "isolation.level": "read_committed"})
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
@@ -44,8 +46,9 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
 
 
 def record_count(bootstrap: str, topic: str) -> int:
-    """Records a (fresh, never compacted or expired) topic holds."""
-    return sum(end_offsets(bootstrap, topic).values())
+    """Records a topic holds as read_committed readers see them (result topics are written in
+    transactions: their offsets also count commit markers and aborted records)."""
+    return sum(1 for _ in topic_messages(bootstrap, topic))
 
 
 def topic_messages(bootstrap: str, topic: str, start: dict[int, int] | None = None,
@@ -66,10 +69,43 @@ def topic_messages(bootstrap: str, topic: str, start: dict[int, int] | None = No
                 if message is None:
                     raise RuntimeError(f"{topic}[{partition}] stopped before offset {high}")
                 if message.error():
+                    if message.error().code() == KafkaError._PARTITION_EOF:
+                        break  # the end (result topics end in transaction markers)
                     continue
+                if message.offset() >= high:
+                    break
                 yield message
                 if message.offset() >= high - 1:
                     break
+    finally:
+        consumer.close()
+
+
+def committed_messages(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Message]:
+    """Every record a downstream reader with `isolation.level=read_committed` sees now, each
+    partition from its start to its last stable offset: records of aborted transactions and of
+    transactions still open are not among them."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "itel-bench-reader",
+                         "enable.auto.commit": False, "enable.partition.eof": True,
+                         "isolation.level": "read_committed"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        open_partitions, found = set(partitions), []
+        deadline = time.monotonic() + timeout
+        while open_partitions:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{topic}: no end of partitions {sorted(open_partitions)} "
+                                   f"within {timeout:.0f} s")
+            message = consumer.poll(1)
+            if message is None:
+                continue
+            if message.error():
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    open_partitions.discard(message.partition())
+                continue
+            found.append(message)
+        return found
     finally:
         consumer.close()
 

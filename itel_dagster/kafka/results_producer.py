@@ -20,7 +20,7 @@ class DeliveryFailed(RuntimeError):
 
 class ResultsProducer:
     def __init__(self, bootstrap_servers: str, client_id: str = "itel-dagster",
-                 buffer_kbytes: int = QUEUE_BUFFER_KBYTES):
+                 buffer_kbytes: int = QUEUE_BUFFER_KBYTES, **extra):
         self._producer = Producer({
             "bootstrap.servers": bootstrap_servers,
             "client.id": client_id,
@@ -35,6 +35,7 @@ class ResultsProducer:
             # Records waiting for delivery are held in this buffer (default 1 GB): bounded, a full
             # buffer makes send() wait for deliveries instead of holding a whole run's results.
             "queue.buffering.max.kbytes": buffer_kbytes,
+            **extra,
         })
         self._failures: list[str] = []
         self.sent = 0

@@ -1,9 +1,11 @@
-"""The last op of both workers: publish success and error records, flush, then commit offsets.
+"""The last op of both workers: publish success and error records and commit offsets, in one
+Kafka transaction (kafka/results_transaction.py).
 
-The order is the guarantee: offsets move past a record only after its outcome (a Delta row or a
-send, and its success or error record) is durably in Kafka. It never commits on a count mismatch,
-nor when the consumer group no longer stands at the start of the run's range (another run moved
-it): such a run publishes nothing and commits nothing.
+Offsets move past a record only with its outcome's record (after its Delta row or send), and
+read_committed readers see a run's records only once its offsets are committed. It never commits
+on a count mismatch, nor when the consumer group no longer stands at the start of the run's range
+(another run moved it): such a run publishes nothing and commits nothing. Opening the transaction
+fences every older run of the lane first, so a zombie can no longer commit after this check.
 """
 
 
@@ -15,6 +17,7 @@ import polars as pl
 
 from itel_dagster.crash_points import crash_point
 from itel_dagster.kafka.offsets import PartitionProgress
+from itel_dagster.kafka.results_transaction import Fenced, transactional_id
 from itel_dagster.metrics.pipeline_metrics import record_batch_metrics, record_commit_refused
 from itel_dagster.metrics.process_memory import peak_rss_mb
 from itel_dagster.ops.retention_loss import report_retention_loss
@@ -85,15 +88,20 @@ def group_moved(group: str, ranges: tuple[KafkaRange, ...],
     return None
 
 
-def _refuse_if_group_moved(batch: StageBatch, kafka: KafkaResource) -> None:
-    """Before publishing: a zombie run (or a launchpad run over old offsets) whose range another
-    run already handled fails here, so it neither republishes nor moves the group."""
+def already_committed(ranges: tuple[KafkaRange, ...], commit_to: dict[int, int],
+                      progress: list[PartitionProgress]) -> bool:
+    """The group stands exactly where this run commits, past its range start. In a retry of this
+    op, that is its earlier attempt's commit (it reached the broker, then raised: a timeout, a
+    lost connection), made with the result records in one transaction."""
+    where = {p.partition: p.committed for p in progress}
+    return (any(commit_to[r.partition] != r.start for r in ranges)
+            and all(where.get(r.partition) == commit_to[r.partition] for r in ranges))
+
+
+def _refuse(batch: StageBatch, reason: str) -> None:
+    """A zombie run (or a launchpad run over old offsets) whose range another run already handled
+    fails here, so it neither republishes nor moves the group."""
     settings = batch.settings
-    topic = batch.kafka_ranges[0].topic
-    reason = group_moved(settings.consumer_group, batch.kafka_ranges,
-                         kafka.progress(settings.consumer_group, topic))
-    if reason is None:
-        return
     log = worker_logger(settings)
     log.error("%s: %s", batch.source, reason)
     record_commit_refused(settings, log)  # never raises
@@ -129,20 +137,43 @@ def publish_results_and_commit(
     if batch.mode == "backfill":
         _finish_backfill(context, batch, error_count)
         return None
-    _refuse_if_group_moved(batch, kafka)
-    producer = kafka.results_producer(client_id=f"{settings.name}-results")
-    producer.send(settings.success_topic, in_slices(batch.rows, success_messages))
-    crash_point("mid_publish", settings.name)
-    if errors is not None:
-        producer.send(settings.error_topic,
-                      in_slices(errors, partial(error_record_messages,
-                                                max_payload_bytes=settings.error_payload_max_bytes),
-                                sized_by="original_payload"))
-    producer.flush()
-    crash_point("before_commit", settings.name)
+    topic = batch.kafka_ranges[0].topic
+    group = settings.consumer_group
+    lanes = {r.partition % settings.lanes for r in batch.kafka_ranges}
+    transaction = kafka.results_transaction(transactional_id(group, topic, lanes),
+                                            client_id=f"{settings.name}-results")
+    # Older runs of the lane are fenced now: where the group stands cannot change under us.
+    progress = kafka.progress(group, topic)
     # Up to the range's end, or where the final stage held events back or the read stopped.
     commit_to = batch.commit_to()
-    committed = kafka.commit(settings.consumer_group, batch.kafka_ranges[0].topic, commit_to)
+    if context.retry_number and already_committed(batch.kafka_ranges, commit_to, progress):
+        worker_logger(settings).info("%s: the group already stands at %s (this op's earlier "
+                                     "attempt committed the range with its results)",
+                                     batch.source, commit_to)
+        context.add_output_metadata({"kafka_range": batch.source, "already_committed": True})
+        return None
+    reason = group_moved(group, batch.kafka_ranges, progress)
+    if reason is not None:
+        _refuse(batch, reason)
+    standing = {p.partition: -1 if p.committed is None else p.committed for p in progress}
+    committed = {p: o for p, o in commit_to.items() if o > standing.get(p, -1)}
+    try:
+        transaction.begin()
+        transaction.send(settings.success_topic, in_slices(batch.rows, success_messages))
+        transaction.flush()  # these records are in the log, invisible until the commit
+        crash_point("mid_publish", settings.name)
+        if errors is not None:
+            transaction.send(settings.error_topic,
+                             in_slices(errors, partial(error_record_messages,
+                                                       max_payload_bytes=settings.error_payload_max_bytes),
+                                       sized_by="original_payload"))
+        crash_point("before_commit", settings.name)
+        transaction.commit(group, topic, committed)
+    except Fenced as fenced:
+        _refuse(batch, f"{fenced}; nothing committed")
+    except Exception:
+        transaction.abort()  # nothing of it is ever visible; the op's retry publishes anew
+        raise
     record_batch_metrics(settings, batch, worker_logger(settings))  # never raises
     lost = report_retention_loss(context, settings, batch.lost_to_retention, committed)
     summary = {

@@ -11,6 +11,7 @@ from itel_dagster.kafka.day_window import DayWindow, day_windows
 from itel_dagster.kafka.offsets import commit_offsets, group_progress
 from itel_dagster.kafka.range_reader import READ_STALL_SECONDS, RangeRead, read_range
 from itel_dagster.kafka.results_producer import ResultsProducer
+from itel_dagster.kafka.results_transaction import ResultsTransaction
 from itel_dagster.settings.kafka import bootstrap_servers as configured_bootstrap_servers
 
 
@@ -29,6 +30,9 @@ class KafkaResource(dg.ConfigurableResource):
 
     def results_producer(self, client_id: str) -> ResultsProducer:
         return ResultsProducer(self.servers(), client_id=client_id)
+
+    def results_transaction(self, transactional_id: str, client_id: str) -> ResultsTransaction:
+        return ResultsTransaction(self.servers(), transactional_id, client_id=client_id)
 
     def commit(self, group: str, topic: str, next_offsets: dict[int, int]) -> dict[int, int]:
         return commit_offsets(self.servers(), group, topic, next_offsets)
