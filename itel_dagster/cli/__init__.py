@@ -6,6 +6,7 @@ import click
 
 from itel_dagster.cli.bench_command import bench
 from itel_dagster.cli.breaker_command import breaker
+from itel_dagster.cli.chaos_command import chaos
 from itel_dagster.cli.kafka_commands import kafka
 from itel_dagster.cli.lag_command import lag
 from itel_dagster.cli.metrics_command import metrics
@@ -27,6 +28,7 @@ main.add_command(up)
 main.add_command(lag)
 main.add_command(metrics)
 main.add_command(bench)
+main.add_command(chaos)
 main.add_command(breaker)
 main.add_command(stuck)
 main.add_command(skip)
