@@ -166,3 +166,18 @@ def test_a_range_whose_run_process_died_is_dispatched_again_at_once(pipeline):
     assert {r.crashes_before for r in tagged_ranges(again.tags)} == {1}
     assert pipeline.execute(TRACKING, again).success
     assert pipeline.lag(TRACKING) == 0
+
+
+def test_the_primary_workers_runs_carry_the_higher_queue_priority():
+    from datetime import date
+
+    from itel_dagster.sensors.dispatch_plan import KafkaRange, PlannedRange, PlannedRun
+    from itel_dagster.sensors.kafka_worker_sensor import run_tags
+    from itel_dagster.settings.workers import load_workers
+
+    workers = load_workers()
+    planned = PlannedRun((PlannedRange(KafkaRange("t", 0, 0, 10), date(2026, 12, 1)),))
+    priority = {w.priority: int(run_tags(w, planned)["dagster/priority"]) for w in workers.values()}
+    # workers.yaml: the API worker is primary, the tracking worker secondary; maintenance is -1.
+    assert workers["itel_cabinet_api_worker"].priority == "primary"
+    assert priority["primary"] > priority["secondary"] > -1

@@ -44,10 +44,16 @@ def range_run_config(worker: WorkerSettings, planned: PlannedRun, asset_name: st
     return {"ops": {asset_name: {"ops": {"read_kafka_range": {"config": config}}}}}
 
 
+# The QueuedRunCoordinator starts queued runs by this tag, highest first: with more runs queued
+# than slots, the primary worker's go before the secondary's (and both before maintenance, -1).
+RUN_PRIORITY = {"primary": 10, "secondary": 0}
+
+
 def run_tags(worker: WorkerSettings, planned: PlannedRun) -> dict[str, str]:
     retry = worker.retry_policy
     return {
         **range_tags(worker.name, planned),
+        "dagster/priority": str(RUN_PRIORITY[worker.priority]),
         # Dagster's run monitoring fails a run that outlives this (dagster.yaml run_monitoring).
         "dagster/max_runtime": str(worker.max_runtime_seconds),
         "dagster/max_retries": str(retry.run_max_retries),
