@@ -54,6 +54,15 @@ def fired(path: Path) -> list[str]:
     return [line.split()[0] for line in fired_path.read_text().splitlines() if line.strip()]
 
 
+def fired_times(path: Path) -> list[tuple[str, float]]:
+    """(`<worker>:<point>`, time.time() it fired) of each line that fired, oldest first."""
+    fired_path = Path(f"{path}.fired")
+    if not fired_path.exists():
+        return []
+    return [(line.split()[0], float(line.rsplit("at=", 1)[1]))
+            for line in fired_path.read_text().splitlines() if line.strip()]
+
+
 def armed(path: Path) -> list[str]:
     """The lines still armed."""
     return [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

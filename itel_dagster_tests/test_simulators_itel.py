@@ -78,6 +78,16 @@ def test_repeated_idempotency_key_is_replayed_not_recorded_again(itel):
     assert [r["idempotency_key"] for r in itel.accepted_requests()] == ["once", "another"]
 
 
+def test_each_record_counts_the_posts_of_its_idempotency_key(itel):
+    for key in ("twice", "once", "twice", "thrice", "thrice", "thrice"):
+        post_task(itel, itel_task_payload(), idempotency_key=key)
+
+    counts = {r["idempotency_key"]: r["requests"]
+              for r in httpx.get(f"{itel.url}/_admin/requests").json()}
+
+    assert counts == {"twice": 2, "once": 1, "thrice": 3}
+
+
 def test_a_rejected_send_does_not_use_up_its_idempotency_key(itel):
     assert post_task(itel, {"task_id": 1}, idempotency_key="retry-me").status_code == 422
     assert post_task(itel, itel_task_payload(), idempotency_key="retry-me").status_code == 201

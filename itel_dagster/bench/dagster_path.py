@@ -74,8 +74,18 @@ class DagsterDaemon:
         workspace = self.home / "workspace.yaml"
         workspace.write_text(yaml.safe_dump({"load_from": [{"grpc_server": {
             "host": "127.0.0.1", "port": port, "location_name": CODE_LOCATION}}]}))
-        self.process = self._spawn(
-            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)])
+        self._start_daemon()
+
+    def _start_daemon(self) -> None:
+        self.process = self._spawn([str(Path(sys.executable).parent / "dagster-daemon"), "run",
+                                    "-w", str(self.home / "workspace.yaml")])
+
+    def kill_and_restart_daemon(self) -> None:
+        """SIGKILL the daemon's process group (its fork server and run processes die with it) and
+        start `dagster-daemon run` again on the same code server, as a supervisor would."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self._start_daemon()
 
     def _spawn(self, command: list[str]) -> subprocess.Popen:
         with open(self.log_file, "ab") as log:

@@ -81,28 +81,28 @@ def topic_messages(bootstrap: str, topic: str, start: dict[int, int] | None = No
         consumer.close()
 
 
-def committed_messages(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Message]:
-    """Every record a downstream reader with `isolation.level=read_committed` sees now, each
-    partition from its start to its last stable offset: records of aborted transactions and of
-    transactions still open are not among them."""
+def committed_messages(bootstrap: str, topics: list[str], timeout: float = 30.0) -> list[Message]:
+    """Every record a downstream reader with `isolation.level=read_committed` sees now in
+    `topics`, each partition from its start to its last stable offset: records of aborted
+    transactions and of transactions still open are not among them."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "itel-bench-reader",
                          "enable.auto.commit": False, "enable.partition.eof": True,
                          "isolation.level": "read_committed"})
     try:
-        partitions = consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        open_partitions, found = set(partitions), []
+        unread = {(topic, p) for topic in topics
+                  for p in consumer.list_topics(topic, timeout=timeout).topics[topic].partitions}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for topic, p in unread])
+        found = []
         deadline = time.monotonic() + timeout
-        while open_partitions:
+        while unread:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{topic}: no end of partitions {sorted(open_partitions)} "
-                                   f"within {timeout:.0f} s")
+                raise RuntimeError(f"no end of {sorted(unread)} within {timeout:.0f} s")
             message = consumer.poll(1)
             if message is None:
                 continue
             if message.error():
                 if message.error().code() == KafkaError._PARTITION_EOF:
-                    open_partitions.discard(message.partition())
+                    unread.discard((message.topic(), message.partition()))
                 continue
             found.append(message)
         return found

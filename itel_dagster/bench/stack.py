@@ -37,6 +37,9 @@ class StackChoices:
     # the pipeline (100,000 events: 80 minutes); the figure used is written into the results.
     itel_rate_limit: float = 1000.0
     sensor_interval_seconds: int | None = None  # None: workers.yaml's
+    send_round_size: int | None = None  # None: app.itel.yaml's
+    # A broker of its own even when KAFKA_BOOTSTRAP_SERVERS names one: one it may kill.
+    own_broker: bool = False
     dagster_yaml: Path = PROJECT_ROOT / "dagster.yaml"
 
 
@@ -79,7 +82,8 @@ class BenchStack:
 
     def start(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
-        self.bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+        self.bootstrap = "" if self.choices.own_broker else \
+            os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
         if not self.bootstrap:
             self._broker = LocalKafkaBroker(self.work / "kafka", port=0, partitions=PARTITIONS)
             status = self._broker.start()
@@ -120,6 +124,8 @@ class BenchStack:
         itel = self.config_dir / "plugins/shared/connections/app.itel.yaml"
         connection = yaml.safe_load(itel.read_text())
         connection["itel_cabinet_api"]["rate_limit_per_second"] = self.choices.itel_rate_limit
+        if self.choices.send_round_size:
+            connection["itel_cabinet_api"]["send_round_size"] = self.choices.send_round_size
         itel.write_text(yaml.safe_dump(connection, sort_keys=False))
         path = self.config_dir / WORKERS_FILE
         data = yaml.safe_load(path.read_text())
@@ -150,6 +156,13 @@ class BenchStack:
         if self._broker_pid is not None:
             roles[self._broker_pid] = "broker"
         return roles
+
+    def restart_broker(self) -> None:
+        """SIGKILL the broker it started and start it again on the same port and log dir."""
+        if self._broker is None:
+            raise RuntimeError("this stack uses a broker it did not start (KAFKA_BOOTSTRAP_SERVERS)")
+        self._broker.kill()
+        self._broker_pid = self._broker.start().pid
 
     def stop(self) -> None:
         for process in self._simulators.values():

@@ -165,7 +165,8 @@ def requests(url: str | None) -> None:
     """Print the iTel simulator's accepted requests, one JSON object a line, oldest first.
 
     Each has itel_id, received_at, idempotency_key, auth_via, auth_token_sha256 (SHA-256 of the
-    bearer token), headers (Authorization masked) and body.
+    bearer token), headers (Authorization masked), body and requests (POSTs of its
+    Idempotency-Key: 1 + replays).
     """
     for record in admin_call("GET", simulator_url("itel", url), "requests"):
         click.echo(json.dumps(record))

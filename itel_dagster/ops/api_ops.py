@@ -13,6 +13,7 @@ from dataclasses import replace
 import dagster as dg
 import polars as pl
 
+from itel_dagster.crash_points import crash_point
 from itel_dagster.ops.shared_stage_ops import STAGE_IO
 from itel_dagster.ops.stage_batch import StageBatch
 from itel_dagster.resources.delta_tables import DeltaTablesResource, DeltaTableWriter, window_days
@@ -152,6 +153,7 @@ def send_to_itel(
         if reports and reports[-1].skipped_by_breaker:
             break  # the breaker stopped sending: later rounds stay in Kafka
         report = itel.send_rows(round_rows)
+        crash_point("after_post_round", settings.name)
         outcome = _outcome_frame(report)
         ledger = ledger_rows(round_rows.join(outcome, on="event_id", how="left"), context.run_id)
         if ledger.height:

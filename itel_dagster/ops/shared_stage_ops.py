@@ -10,6 +10,7 @@ from datetime import date, datetime, timezone
 
 import dagster as dg
 
+from itel_dagster.crash_points import crash_point
 from itel_dagster.ops.retention_loss import lost_ranges
 from itel_dagster.ops.stage_batch import StageBatch
 from itel_dagster.resources.claimx_api import ClaimxApiResource
@@ -197,6 +198,7 @@ def read_kafka_range(
         batch = _read_micro_batch(config, kafka)
         if config.dead_letter_reason is not None:
             batch = _dead_lettered(batch, config.dead_letter_reason)
+    crash_point("after_read", batch.worker)
     context.add_output_metadata({"mode": batch.mode, "source": batch.source,
                                  "records": batch.counts["read"],
                                  "missing_offsets": batch.missing_offsets})

@@ -9,6 +9,7 @@ topic and then fails, so the UI and alerts see it while the API worker and later
 import dagster as dg
 import polars as pl
 
+from itel_dagster.crash_points import crash_point
 from itel_dagster.ops.shared_stage_ops import STAGE_IO
 from itel_dagster.ops.stage_batch import StageBatch
 from itel_dagster.resources.delta_tables import DeltaTablesResource
@@ -68,6 +69,7 @@ def write_tracking_rows(
                                   error_type="delta_unavailable", reason=problem)
         return batch.next(batch.rows.clear(), failures, delta_inserted=0,
                           failed_stage_delta_write=1)
+    crash_point("after_delta_write", settings.name)
     context.add_output_metadata({
         "rows_inserted": result.inserted,
         "rows_already_present": result.already_present,

@@ -266,6 +266,19 @@ class LocalKafkaBroker:
         self.status_file.unlink(missing_ok=True)
         return was_running
 
+    def kill(self, timeout_seconds: float = 30.0) -> None:
+        """SIGKILL the broker, as a lost node dies: no shutdown, no flush; start() brings it back
+        on the same ports and log dir."""
+        status = BrokerStatus(**json.loads(self.status_file.read_text()))
+        os.kill(status.pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout_seconds
+        while _pid_alive(status.pid):
+            _reap(status.pid)
+            if time.monotonic() > deadline:
+                raise KafkaSetupError(f"broker pid {status.pid} still alive after SIGKILL")
+            time.sleep(0.05)
+        self.status_file.unlink(missing_ok=True)
+
 
 def _reap(pid: int) -> None:
     """Collect our own child's exit status so it does not linger as a zombie (seen as alive)."""

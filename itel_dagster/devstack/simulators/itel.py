@@ -146,13 +146,15 @@ class AcceptedRequests:
         self._issued = 0  # never reset, so an itel_id is unique for the server's life
 
     def accept(self, make_record, idempotency_key: str | None) -> tuple[dict, bool]:
-        """(record, replayed): the earlier record of `idempotency_key`, or a new one."""
+        """(record, replayed): the earlier record of `idempotency_key`, or a new one. A record's
+        `requests` counts the valid POSTs of its key (1 + replays): the re-sends a crash cost."""
         with self._lock:
             earlier = self._by_idempotency_key.get(idempotency_key) if idempotency_key else None
             if earlier is not None:
+                earlier["requests"] += 1
                 return earlier, True
             self._issued += 1
-            record = make_record(f"ITEL-{self._issued}")
+            record = {**make_record(f"ITEL-{self._issued}"), "requests": 1}
             self._records.append(record)
             if idempotency_key:
                 self._by_idempotency_key[idempotency_key] = record
