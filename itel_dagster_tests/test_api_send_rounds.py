@@ -57,7 +57,8 @@ def _one_run(count: int, seed: int, **kinds) -> list:
 
 
 def _posts(itel) -> Counter:
-    return Counter(r["idempotency_key"] for r in itel.accepted_requests())
+    """POSTs per accepted Idempotency-Key (the simulator keeps one record per key)."""
+    return Counter({r["idempotency_key"]: r["requests"] for r in itel.accepted_requests()})
 
 
 def _successes(pipeline) -> list[str]:
