@@ -29,7 +29,11 @@ from itel_dagster.resources.delta_maintenance import (
     day_file_count,
     vacuum_and_clean_log,
 )
-from itel_dagster.resources.delta_tables import PARTITION_COLUMNS, DeltaTablesResource, DeltaTableWriter
+from itel_dagster.resources.delta_tables import (
+    PARTITION_COLUMNS,
+    DeltaTablesResource,
+    DeltaTableWriter,
+)
 from itel_dagster.settings.env_yaml import ConfigError
 from itel_dagster.settings.maintenance import MAINTENANCE_FILE, check_retention, load_maintenance
 from itel_dagster.settings.paths import PROJECT_ROOT
