@@ -145,6 +145,7 @@ def failed_manual_run(instance) -> dg.ExecuteInProcessResult:
     return result
 
 
+@pytest.mark.slow  # runs a failing job and the alert sensor
 def test_run_without_itel_tags_gets_an_alert(instance_and_config, receiver, monkeypatch):
     """Evaluated the way the daemon does: the sensor finds the failure in the event log."""
     instance, _ = instance_and_config
@@ -162,6 +163,7 @@ def test_run_without_itel_tags_gets_an_alert(instance_and_config, receiver, monk
     assert run.tags[ALERT_TAG].startswith("sent to webhook")
 
 
+@pytest.mark.slow  # waits out webhook failures and a timeout
 def test_unset_unreachable_or_failing_webhook_is_a_tag_never_an_error(
         instance_and_config, receiver_server, monkeypatch):
     instance, config = instance_and_config

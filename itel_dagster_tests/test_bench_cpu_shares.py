@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from itel_dagster.bench.cpu_shares import CpuSampler, cpu_shares
 from itel_dagster.bench.memory import RUN
 
@@ -33,6 +35,7 @@ def _spawn(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", *args], stdout=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_counts_cpu_used_in_the_window_by_the_tree_and_the_named_processes():
     before = _spawn(BURN, "0.6")  # burns before the window opens, then idles through it
     root, child_pid = None, None

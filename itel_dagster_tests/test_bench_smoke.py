@@ -12,6 +12,8 @@ import pytest
 
 from itel_dagster.settings.paths import PROJECT_ROOT
 
+pytestmark = pytest.mark.slow  # runs the bench as a process (kafka: from its fixture)
+
 WORKER_FIGURES = [
     ("in_process", "events_per_second"),
     ("catch_up", "events_per_second"),

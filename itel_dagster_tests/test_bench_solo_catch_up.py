@@ -7,7 +7,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from itel_dagster.settings.paths import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow  # runs the bench as a process (kafka: from its fixture)
 
 
 def test_one_worker_catches_up_alone_and_the_other_starts_no_run(kafka_bootstrap, tmp_path):

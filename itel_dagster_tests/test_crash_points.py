@@ -19,6 +19,7 @@ def _reach(env_extra: dict) -> subprocess.CompletedProcess:
                           timeout=60)
 
 
+@pytest.mark.slow
 def test_without_the_env_var_a_point_does_nothing(tmp_path):
     arm(tmp_path / "points", "api", "after_read")
     done = _reach({})
@@ -26,6 +27,7 @@ def test_without_the_env_var_a_point_does_nothing(tmp_path):
     assert armed(tmp_path / "points") == ["api:after_read"]
 
 
+@pytest.mark.slow
 def test_an_armed_point_kills_the_first_process_that_reaches_it_and_only_it(tmp_path):
     points = tmp_path / "points"
     arm(points, "api", "after_read")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import dagster as dg
+import pytest
 
 from itel_dagster.settings.paths import PROJECT_ROOT
 from itel_dagster.settings.workers import TRACKING_WORKER, load_workers
@@ -35,6 +36,13 @@ def test_definitions_load_without_services(monkeypatch):
     assert {"itel_cabinet_task_tracking", "itel_api_sends"} <= keys
 
 
+
+@pytest.mark.filterwarnings("error::DeprecationWarning")
+def test_the_workers_jobs_use_no_deprecated_dagster_api():
+    for name in ("itel_dagster.assets.tracking_table", "itel_dagster.assets.itel_api_sends",
+                 "itel_dagster.definitions"):
+        importlib.reload(importlib.import_module(name))
+@pytest.mark.slow
 def test_workspace_loads_with_dagster_cli(tmp_path):
     """`dagster definitions validate` is what `dagster dev` does first with workspace.yaml."""
     result = subprocess.run(

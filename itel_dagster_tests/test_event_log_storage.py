@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import pytest
 import yaml
 
 from itel_dagster.settings.paths import PROJECT_ROOT
@@ -36,6 +37,7 @@ def pooled_instance(base_dir: Path, max_open: int):
         **STORAGE, "config": {"base_dir": str(base_dir), "max_open_databases": max_open}}})
 
 
+@pytest.mark.slow  # writes many runs through Dagster's storage
 def test_runs_read_back_whole_and_open_databases_stay_bounded(tmp_path):
     with pooled_instance(tmp_path / "runs", max_open=3) as instance:
         storage = instance.event_log_storage
@@ -85,6 +87,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_live_watch_sees_writes_of_a_process_that_keeps_its_connection(tmp_path):
     base_dir, run_id, release = tmp_path / "runs", "f" * 36, tmp_path / "release"
     reader = PooledSqliteEventLogStorage(str(base_dir))

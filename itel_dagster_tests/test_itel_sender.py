@@ -125,6 +125,7 @@ def test_a_burst_of_503s_shorter_than_the_retries_is_ridden_out(itel, tmp_path):
     assert_accepted_once_in_order(itel, requests)
 
 
+@pytest.mark.slow  # waits out a 2 s Retry-After
 def test_a_429_waits_at_least_its_retry_after_even_past_the_longest_backoff(itel, tmp_path):
     itel.set_faults(rate_limited=1, retry_after_seconds=2)
 
@@ -344,6 +345,7 @@ def test_batch_mode_holds_everything_back_while_the_breaker_is_open(itel, tmp_pa
     assert report.requests_made <= 2 + 1  # the two concurrent batches of the first round
 
 
+@pytest.mark.slow  # paces requests in real time
 def test_the_rate_limit_paces_requests(itel, tmp_path):
     settings = itel_settings(itel, rate_limit_per_second=10)
     began = time.perf_counter()
@@ -436,6 +438,7 @@ sender.send([SendRequest(f"evt-{n}", 1_000_001 + n % 2, n, body.encode()) for n 
 """
 
 
+@pytest.mark.slow
 def test_an_interrupted_send_starts_no_further_request(itel, tmp_path):
     """Dagster terminating a run raises in the run's main thread (SIGINT, as here): the sender's
     threads must not go on sending their lanes after it."""

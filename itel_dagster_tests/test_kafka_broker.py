@@ -114,6 +114,8 @@ def test_two_consumer_groups_each_receive_every_record(kafka_bootstrap, make_top
     assert sorted(m.value() for m in api) == sorted(values)
 
 
+@pytest.mark.kafka
+@pytest.mark.slow
 def test_cli_start_status_stop_keeps_data(tmp_path, monkeypatch):
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
     home = tmp_path / "kafka"

@@ -7,6 +7,7 @@ import logging
 import multiprocessing
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from itel_dagster.metrics.exporter import pipeline_registry, render
@@ -35,6 +36,7 @@ def _record_in_a_process(path: str, start) -> None:
         assert batch.flush()
 
 
+@pytest.mark.slow
 def test_increments_from_several_processes_add_up(tmp_path):
     path = tmp_path / "state" / "metrics.sqlite"
     context = multiprocessing.get_context("spawn")

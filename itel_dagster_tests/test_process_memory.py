@@ -3,7 +3,11 @@
 import subprocess
 import sys
 
+import pytest
+
 from itel_dagster.metrics.process_memory import peak_rss_kb
+
+pytestmark = pytest.mark.slow  # each test measures processes it starts
 
 PEAK_AFTER_FREEING = """
 from itel_dagster.metrics.process_memory import peak_rss_kb, peak_rss_mb

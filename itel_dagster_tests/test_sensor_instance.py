@@ -4,8 +4,11 @@ writes, instead of building one per tick."""
 from __future__ import annotations
 
 import dagster as dg
+import pytest
 
 from itel_dagster.sensors.sensor_instance import sensor_instance
+
+pytestmark = pytest.mark.slow  # builds Dagster instances from refs, storages and all
 
 
 @dg.op

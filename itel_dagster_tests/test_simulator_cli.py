@@ -96,6 +96,7 @@ def test_fault_finds_the_simulator_through_the_environment(claimx):
     assert claimx_status(claimx) == 429
 
 
+@pytest.mark.slow  # the port stays closed for a while
 def test_fault_refuse_for_closes_the_port_for_a_while(claimx):
     result = cli("fault", "claimx", "--url", claimx.url, "--refuse-for", "0.5")
 
@@ -157,6 +158,7 @@ def test_run_says_which_port_is_taken(claimx):
     assert f"claimx simulator cannot listen on 127.0.0.1:{claimx.port}" in result.output
 
 
+@pytest.mark.slow
 def test_run_serves_both_until_sigterm():
     process = subprocess.Popen(
         [sys.executable, "-m", "itel_dagster.cli", "simulators", "run", "--claimx-port", "0",

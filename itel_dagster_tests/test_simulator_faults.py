@@ -153,6 +153,7 @@ def test_reset_closes_the_connection_without_an_answer(claimx, client):
     assert client.get(TASK_PATH).status_code == 200
 
 
+@pytest.mark.slow  # the port stays closed for 1 s
 def test_refuse_closes_the_port_then_listens_again_on_it(claimx, client):
     port = claimx.port
     assert client.get(TASK_PATH).status_code == 200  # a kept-alive connection, dropped below

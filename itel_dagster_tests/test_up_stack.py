@@ -13,9 +13,12 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from itel_dagster.kafka.offsets import group_progress
 from itel_dagster.settings.paths import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow  # starts `itel-dagster up`: a broker, the simulators and Dagster
 
 
 def free_port() -> int:

@@ -17,6 +17,8 @@ from dagster._core.launcher.base import WorkerStatus
 from itel_dagster.launchers.warm_fork_run_launcher import RUN_PID_TAG, RUN_PROCESS_TAG, process_state
 from itel_dagster.metrics.process_stat import start_ticks, stat_fields
 
+pytestmark = pytest.mark.slow  # starts fork servers and run processes
+
 LAUNCHER = "itel_dagster.launchers.warm_fork_run_launcher"
 
 JOBS = '''

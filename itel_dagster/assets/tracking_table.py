@@ -41,7 +41,6 @@ tracking_job = dg.define_asset_job(
     # Without the asset checks: they read whole days of Kafka, not one micro-batch's range
     # (itel_asset_checks_job runs them).
     selection=dg.AssetSelection.assets(TRACKING_ASSET).without_checks(),
-    partitions_def=daily_partitions,
     executor_def=dg.in_process_executor,
     description="One micro-batch of the tracking worker: a Kafka range -> Delta.",
 )

@@ -51,6 +51,11 @@ def window_days(days, dedupe_days: int) -> list[tuple[int, int, int]]:
     return sorted(window)
 
 
+def _day_filter(year: int, month: int, day: int) -> list[tuple[str, str, int]]:
+    """One day partition as a read filter: delta-rs reads only that partition's files."""
+    return [("year", "=", year), ("month", "=", month), ("day", "=", day)]
+
+
 def _merge_predicate(days: list[tuple[int, int, int]], key: str) -> str:
     # Literal partition values, so the MERGE reads only these days' files.
     in_days = " OR ".join(f"(t.year = {y} AND t.month = {m} AND t.day = {d})" for y, m, d in days)
@@ -179,15 +184,13 @@ class DeltaTableWriter:
         if table is None or not earlier or rows.is_empty():
             return rows
         keys = pl.concat([pl.from_arrow(table.to_pyarrow_table(
-            partitions=[("year", "=", str(y)), ("month", "=", str(m)), ("day", "=", str(d))],
-            columns=[self.key]))[self.key] for y, m, d in earlier])
+            filters=_day_filter(y, m, d), columns=[self.key]))[self.key] for y, m, d in earlier])
         return rows.filter(~pl.col(self.key).is_in(keys.implode()))
 
     def _day_rows(self, table: DeltaTable | None, year: int, month: int, day: int) -> pl.DataFrame:
         if table is None:
             return pl.DataFrame()
-        return pl.from_arrow(table.to_pyarrow_table(partitions=[
-            ("year", "=", str(year)), ("month", "=", str(month)), ("day", "=", str(day))]))
+        return pl.from_arrow(table.to_pyarrow_table(filters=_day_filter(year, month, day)))
 
     def _not_reread(self, before: pl.DataFrame, rows: pl.DataFrame,
                     held: dict[int, tuple[int, int]]) -> pl.DataFrame:

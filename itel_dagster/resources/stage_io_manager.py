@@ -12,16 +12,16 @@ it. Elsewhere than glibc that part does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 import dagster as dg
 
 
 def _load_malloc_trim():
-    name = ctypes.util.find_library("c")
+    # The process's own symbols (libc is loaded): ctypes.util.find_library would run
+    # `ldconfig -p` at every run's import.
     try:
-        return getattr(ctypes.CDLL(name), "malloc_trim") if name else None
-    except (OSError, AttributeError):
+        return getattr(ctypes.CDLL(None), "malloc_trim")
+    except (OSError, AttributeError):  # not glibc
         return None
 
 
