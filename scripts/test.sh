@@ -5,4 +5,6 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/ensure_venv.sh"
 bash "$ROOT/scripts/ensure_browser.sh"
 cd "$ROOT"
-exec "$VENV_BIN/python" -m pytest "$@"
+# Two pytest workers (pytest-xdist), each with its own broker, a whole file per worker (module
+# fixtures such as the crash matrix's stack stay in one process). ITEL_TEST_WORKERS=0: one process.
+exec "$VENV_BIN/python" -m pytest -n "${ITEL_TEST_WORKERS:-2}" --dist loadfile --durations=15 "$@"
