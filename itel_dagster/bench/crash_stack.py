@@ -1,6 +1,6 @@
 """A real stack to crash: its own Kafka broker, both simulators and the Dagster path (code server
-plus `dagster-daemon run` with the project's dagster.yaml: warm-fork launcher, run monitoring,
-run retries), with crash points armed through ITEL_CRASH_POINTS_FILE. The crash matrix test and
+plus `dagster-daemon run` with the project's dagster.yaml, or another instance YAML: warm-fork
+launcher, run monitoring, run retries), with crash points armed through ITEL_CRASH_POINTS_FILE. The crash matrix test and
 the chaos soak drive it: publish a batch, arm points or kill runs, the daemon or the broker, wait
 for lag 0, then check what survived against the ground truth, never against what the pipeline
 says. It only kills processes it started.
@@ -82,6 +82,8 @@ class CrashStack:
     work: Path
     send_round_size: int = 32
     latency_ms: float = 5.0
+    # The instance YAML the daemon runs with (the stock-Dagster leg passes one without our blocks).
+    dagster_yaml: Path = PROJECT_ROOT / "dagster.yaml"
     stack: BenchStack = field(init=False)
     daemon: DagsterDaemon = field(init=False)
     _saved_env: dict[str, str] = field(default_factory=dict, init=False)
@@ -100,12 +102,13 @@ class CrashStack:
         # stop(), since a test session goes on after this stack.
         self._saved_env = dict(os.environ)
         self.stack = BenchStack(self.work, StackChoices(
-            latency_ms=self.latency_ms, send_round_size=self.send_round_size, own_broker=True))
+            latency_ms=self.latency_ms, send_round_size=self.send_round_size, own_broker=True,
+            dagster_yaml=self.dagster_yaml))
         self.stack.start()
         self.points_file.touch()
         self.daemon = DagsterDaemon(
             self.work / "dagster_home", {**self.stack.env(), CRASH_POINTS_ENV: str(self.points_file)},
-            PROJECT_ROOT / "dagster.yaml", self.work / "logs/dagster_daemon.log")
+            self.dagster_yaml, self.work / "logs/dagster_daemon.log")
         self.daemon.start()
 
     def stop(self) -> None:
