@@ -11,6 +11,7 @@ from itel_dagster.cli.kafka_commands import kafka
 from itel_dagster.cli.lag_command import lag
 from itel_dagster.cli.metrics_command import metrics
 from itel_dagster.cli.publish_command import publish
+from itel_dagster.cli.query_command import query
 from itel_dagster.cli.recovery_commands import skip, stuck
 from itel_dagster.cli.simulator_commands import simulators
 from itel_dagster.cli.up_command import up
@@ -32,3 +33,4 @@ main.add_command(chaos)
 main.add_command(breaker)
 main.add_command(stuck)
 main.add_command(skip)
+main.add_command(query)
