@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 from itel_dagster.devstack.publisher.events import BAD_KIND_HEADER, EVENT_ID_HEADER
+from itel_dagster.kafka.client_config import client_config
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,9 @@ class InputRecord:
 
 
 def _consumer(bootstrap: str) -> Consumer:
-    return Consumer({"bootstrap.servers": bootstrap, "group.id": "itel-bench-reader",
-                     "enable.auto.commit": False, "enable.partition.eof": True,
-                     "isolation.level": "read_committed"})
+    return Consumer(client_config(bootstrap, **{
+        "group.id": "itel-bench-reader", "enable.auto.commit": False,
+        "enable.partition.eof": True, "isolation.level": "read_committed"}))
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
@@ -85,9 +86,7 @@ def committed_messages(bootstrap: str, topics: list[str], timeout: float = 30.0)
     """Every record a downstream reader with `isolation.level=read_committed` sees now in
     `topics`, each partition from its start to its last stable offset: records of aborted
     transactions and of transactions still open are not among them."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "itel-bench-reader",
-                         "enable.auto.commit": False, "enable.partition.eof": True,
-                         "isolation.level": "read_committed"})
+    consumer = _consumer(bootstrap)
     try:
         unread = {(topic, p) for topic in topics
                   for p in consumer.list_topics(topic, timeout=timeout).topics[topic].partitions}

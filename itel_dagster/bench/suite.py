@@ -39,6 +39,7 @@ from itel_dagster.bench.stack import BenchStack, StackChoices
 from itel_dagster.launchers.warm_fork_run_launcher import RUN_PID_TAG
 from itel_dagster.devstack.publisher.events import live_records
 from itel_dagster.devstack.publisher.publish import publish_events
+from itel_dagster.kafka.client_config import client_config
 from itel_dagster.settings.paths import PROJECT_ROOT
 from itel_dagster.settings.workers import API_WORKER, TRACKING_WORKER, load_workers
 
@@ -227,7 +228,7 @@ def _phase_steady(run: BenchRun, stack: BenchStack, daemon: DagsterDaemon, worke
 
 def _publish_one(bootstrap: str, topic: str, seed: str) -> None:
     record = next(live_records(seed=seed))  # the first record of a stream is a valid event
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    producer = Producer(client_config(bootstrap, acks="all"))
     producer.produce(topic, key=record.key, value=record.value, timestamp=record.timestamp_ms,
                      headers=record.headers)
     if producer.flush(30):

@@ -32,6 +32,7 @@ from confluent_kafka import Producer
 from itel_dagster.devstack.kafka.broker import LocalKafkaBroker
 from itel_dagster.devstack.kafka.topics import ensure_topics, pipeline_topics
 from itel_dagster.devstack.publisher.events import generate_records
+from itel_dagster.kafka.client_config import client_config
 from itel_dagster.metrics.process_memory import peak_rss_mb, reset_peak_rss
 from itel_dagster.sensors.dispatch_plan import KafkaRange, PlannedRange, PlannedRun
 from itel_dagster.sensors.kafka_worker_sensor import partition_key_for, range_run_config, run_tags
@@ -50,7 +51,7 @@ def padded(value: bytes, record_bytes: int) -> bytes:
 def publish_one_day(bootstrap: str, topic: str, count: int, record_bytes: int = 0) -> date:
     """`count` records inside yesterday (UTC), on partition 0, so one run holds them all."""
     midnight = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all"})
+    producer = Producer(client_config(bootstrap, **{"linger.ms": 20, "acks": "all"}))
     for record in generate_records(count=count, seed=3, days=0.9, now=midnight - timedelta(hours=1)):
         value = padded(record.value, record_bytes) if record_bytes else record.value
         producer.produce(topic, key=record.key, value=value, timestamp=record.timestamp_ms,

@@ -15,6 +15,8 @@ from typing import TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from itel_dagster.kafka.client_config import client_config, forget_checks
+
 T = TypeVar("T")
 # A fresh broker creates __consumer_offsets on first use; its coordinator answers these meanwhile.
 _COORDINATOR_NOT_READY = {
@@ -45,13 +47,12 @@ class PartitionProgress:
 
 def group_consumer(bootstrap_servers: str, group: str, **extra) -> Consumer:
     """A consumer that carries the group id for commits but never subscribes (no rebalances)."""
-    return Consumer({
-        "bootstrap.servers": bootstrap_servers,
+    return Consumer(client_config(bootstrap_servers, **{
         "group.id": group,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         **extra,
-    })
+    }))
 
 
 def _retrying(call: Callable[[], T], timeout: float) -> T:
@@ -154,6 +155,7 @@ def kept_group_progress(
                 if _kept.get(key, (None,))[0] is reader:
                     del _kept[key]
             reader.close()
+            forget_checks()  # the next reader checks the credentials again
             raise
 
 

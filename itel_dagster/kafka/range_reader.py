@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from itel_dagster.kafka.client_config import client_config
+
 READ_STALL_SECONDS = 30.0
 
 
@@ -61,8 +63,7 @@ def read_range(
     result = RangeRead(log_start=start)
     if end <= start:
         return result
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap_servers,
+    consumer = Consumer(client_config(bootstrap_servers, **{
         "group.id": "itel-range-reader",  # never used for commits
         "enable.auto.commit": False,
         "enable.partition.eof": True,
@@ -70,7 +71,7 @@ def read_range(
         "fetch.max.bytes": 52_428_800,
         "max.partition.fetch.bytes": 10_485_760,
         **(consumer_settings or {}),
-    })
+    }))
     try:
         low, _ = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
         result.log_start = low
@@ -134,8 +135,8 @@ def read_range(
 def _log_end(bootstrap_servers: str, topic: str, partition: int, timeout: float) -> int:
     """The partition's high watermark, uncommitted transactions included: records exist up to it,
     even those a read_committed reader cannot see yet."""
-    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "itel-range-reader",
-                         "isolation.level": "read_uncommitted"})
+    consumer = Consumer(client_config(bootstrap_servers, **{
+        "group.id": "itel-range-reader", "isolation.level": "read_uncommitted"}))
     try:
         _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
                                                  timeout=timeout, cached=False)

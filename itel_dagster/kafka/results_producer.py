@@ -10,6 +10,8 @@ from collections.abc import Iterable
 
 from confluent_kafka import Producer
 
+from itel_dagster.kafka.client_config import client_config
+
 
 QUEUE_BUFFER_KBYTES = 4_096  # 4 MiB: two records of the 2 MB maximum, thousands of usual ones
 
@@ -21,8 +23,7 @@ class DeliveryFailed(RuntimeError):
 class ResultsProducer:
     def __init__(self, bootstrap_servers: str, client_id: str = "itel-dagster",
                  buffer_kbytes: int = QUEUE_BUFFER_KBYTES, **extra):
-        self._producer = Producer({
-            "bootstrap.servers": bootstrap_servers,
+        self._producer = Producer(client_config(bootstrap_servers, **{
             "client.id": client_id,
             "acks": "all",
             "enable.idempotence": True,
@@ -36,7 +37,7 @@ class ResultsProducer:
             # buffer makes send() wait for deliveries instead of holding a whole run's results.
             "queue.buffering.max.kbytes": buffer_kbytes,
             **extra,
-        })
+        }))
         self._failures: list[str] = []
         self.sent = 0
 

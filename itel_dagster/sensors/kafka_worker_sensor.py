@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import dagster as dg
 
+from itel_dagster.kafka.client_config import KafkaAccessDenied
 from itel_dagster.kafka.offsets import kept_group_progress
 from itel_dagster.partitions import daily_partitions
 from itel_dagster.sensors.dispatch_plan import PlannedRun
@@ -87,7 +88,10 @@ def build_kafka_worker_sensor(
         servers = bootstrap_servers()
         instance = sensor_instance(context)
         topic = worker.input_topic
-        progress = kept_group_progress(servers, worker.consumer_group, topic)
+        try:
+            progress = kept_group_progress(servers, worker.consumer_group, topic)
+        except KafkaAccessDenied as exc:  # retrying cannot help: say why, start nothing
+            return dg.SensorResult(skip_reason=str(exc), cursor=context.cursor)
         # Lag over time in the UI (the asset's Plots tab): recorded when it changed, else every
         # few minutes; the daemon stores these events even when the tick skips.
         observation = lag_observation(asset_name, worker.consumer_group, topic, progress)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from itel_dagster.kafka.client_config import client_config
 from itel_dagster.settings.workers import WorkerSettings
 
 DAY_MS = 24 * 3600 * 1000
@@ -38,7 +39,7 @@ def ensure_topics(
     bootstrap_servers: str, topics: dict[str, str], partitions: int = 3, timeout: float = 30.0
 ) -> dict[str, bool]:
     """Create the missing topics; returns name -> True if created now, False if it existed."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient(client_config(bootstrap_servers))
     existing = set(admin.list_topics(timeout=timeout).topics)
     created: dict[str, bool] = {name: False for name in topics if name in existing}
     missing = [

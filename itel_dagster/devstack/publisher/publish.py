@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaException, Producer
 from tqdm import tqdm
 
+from itel_dagster.kafka.client_config import client_config
 from itel_dagster.devstack.publisher.events import (
     PublishedRecord,
     generate_records,
@@ -253,7 +254,7 @@ def publish_events(
             seed=f"{seed}:{time.time_ns()}", unknown_fraction=unknown_fraction,
             bad_fraction=bad_fraction,
         )
-    producer = Producer({"bootstrap.servers": bootstrap_servers, **_PRODUCER_CONFIG})
+    producer = Producer(client_config(bootstrap_servers, **_PRODUCER_CONFIG))
     _check_topic(producer, bootstrap_servers, topic)
 
     tally = _Tally()
