@@ -11,6 +11,7 @@ import click
 from itel_dagster.devstack.kafka.broker import LocalKafkaBroker
 from itel_dagster.devstack.kafka.classpath import KafkaSetupError
 from itel_dagster.devstack.kafka.topics import ensure_topics, pipeline_topics
+from itel_dagster.kafka.client_config import client_config
 from itel_dagster.settings.kafka import default_partitions
 from itel_dagster.settings.workers import load_workers
 
@@ -32,6 +33,15 @@ def _create_topics(bootstrap: str, partitions: int) -> None:
         click.echo(f"  topic {name}: {'created' if was_created else 'exists'}")
 
 
+def _print_exports(broker: LocalKafkaBroker) -> None:
+    """The variables a client of the secure broker needs; the password is read from its file,
+    never printed."""
+    click.echo("SASL_SSL listener; export these in the shells that run the pipeline:")
+    for name, value in (broker.status().client_env or {}).items():
+        click.echo(f"  export {name}={value}")
+    click.echo(f'  export KAFKA_SASL_PASSWORD="$(cat {broker.password_file})"')
+
+
 @click.group()
 def kafka() -> None:
     """Run the local Apache Kafka broker (single node, KRaft) and create the pipeline topics."""
@@ -43,7 +53,10 @@ def kafka() -> None:
               help="Listener port (default 9092 if free, else any free loopback port).")
 @click.option("--partitions", type=int, default=None,
               help="Partitions of topics it creates (default ITEL_KAFKA_PARTITIONS or 3).")
-def start(home: Path | None, port: int | None, partitions: int | None) -> None:
+@click.option("--secure", is_flag=True, default=False,
+              help="Clients connect over SASL_SSL (SCRAM-SHA-512 over TLS); prints the variables "
+                   "to export. Takes effect when the broker's home is first formatted.")
+def start(home: Path | None, port: int | None, partitions: int | None, secure: bool) -> None:
     """Start the broker (if not running), wait until it answers, create the topics.
 
     With KAFKA_BOOTSTRAP_SERVERS set, nothing is started: the topics are created there.
@@ -55,7 +68,7 @@ def start(home: Path | None, port: int | None, partitions: int | None) -> None:
             click.echo(f"KAFKA_BOOTSTRAP_SERVERS={existing}: using that cluster, nothing started")
             bootstrap = existing
         else:
-            broker = LocalKafkaBroker(home, port=port, partitions=partitions)
+            broker = LocalKafkaBroker(home, port=port, partitions=partitions, secure=secure)
             already = broker.status()
             began = time.monotonic()
             status = already or broker.start()
@@ -67,6 +80,12 @@ def start(home: Path | None, port: int | None, partitions: int | None) -> None:
                 f"(pid {status.pid}, log {status.log_file})"
             )
             bootstrap = status.bootstrap_servers
+            if secure and not status.client_env:
+                click.echo("this broker's home was made without --secure: it stays PLAINTEXT "
+                           "(stop it and start with another --home for a secure one)")
+            if status.client_env:
+                _print_exports(broker)
+                os.environ.update(broker.client_env())  # this process creates the topics with them
         _create_topics(bootstrap, partitions)
     except KafkaSetupError as exc:
         raise click.ClickException(str(exc)) from None
@@ -105,7 +124,7 @@ def status(home: Path | None) -> None:
             f"home {running.home})"
         )
     try:
-        metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
+        metadata = AdminClient(client_config(bootstrap)).list_topics(timeout=10)
     except Exception as exc:  # noqa: BLE001 - report any client failure as "not answering"
         click.echo(f"  not answering: {exc}")
         raise SystemExit(1) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from itel_dagster.devstack.kafka.classpath import (
     java_executable,
     resolve_classpath,
 )
+from itel_dagster.settings.kafka import env_security_settings
 from itel_dagster.settings.paths import state_dir
 
 LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
@@ -54,6 +56,9 @@ class BrokerStatus:
     home: str
     log_file: str
     started_at: float
+    # Secure mode: the client settings to export (KAFKA_SECURITY_PROTOCOL, ...) but the password,
+    # which stays in LocalKafkaBroker.password_file; None: plaintext.
+    client_env: dict[str, str] | None = None
 
 
 def free_port() -> int:
@@ -90,18 +95,81 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _server_properties(data_dir: Path, port: int, controller_port: int, partitions: int) -> str:
+@dataclass(frozen=True)
+class SecureListener:
+    """Secure mode: clients connect over SASL_SSL (SCRAM-SHA-512 over TLS) with this user; the
+    broker's own traffic keeps a loopback PLAINTEXT listener (`internal_port`)."""
+
+    username: str
+    password: str
+    keystore: Path
+    keystore_password: str
+    ca_file: Path
+    internal_port: int
+
+    def client_env(self) -> dict[str, str]:
+        return {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+                "KAFKA_SASL_USERNAME": self.username, "KAFKA_SASL_PASSWORD": self.password,
+                "KAFKA_SSL_CA_LOCATION": str(self.ca_file)}
+
+
+def make_certificate(home: Path, password: str) -> tuple[Path, Path]:
+    """A self-signed PKCS12 keystore for localhost / 127.0.0.1 (librdkafka checks the host name)
+    made with the JDK's keytool, and its certificate as PEM for the clients' ssl.ca.location."""
+    keystore, ca_file = home / "broker.p12", home / "ca.pem"
+    if keystore.exists() and ca_file.exists():
+        return keystore, ca_file
+    keytool = str(Path(java_executable()).with_name("keytool"))
+    keystore.unlink(missing_ok=True)
+    for args in (
+        ["-genkeypair", "-alias", "broker", "-keyalg", "RSA", "-keysize", "2048",
+         "-validity", "3650", "-dname", "CN=localhost", "-ext", "SAN=dns:localhost,ip:127.0.0.1",
+         "-storetype", "PKCS12", "-keystore", str(keystore), "-storepass", password,
+         "-keypass", password],
+        ["-exportcert", "-rfc", "-alias", "broker", "-keystore", str(keystore),
+         "-storepass", password, "-file", str(ca_file)],
+    ):
+        result = subprocess.run([keytool, *args], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise KafkaSetupError(f"keytool {args[0]} failed:\n{result.stdout}{result.stderr}")
+    return keystore, ca_file
+
+
+def _listener_properties(port: int, controller_port: int,
+                         secure: SecureListener | None) -> list[str]:
+    controller = f"CONTROLLER://127.0.0.1:{controller_port}"
+    if secure is None:
+        return [
+            f"listeners=PLAINTEXT://127.0.0.1:{port},{controller}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port},{controller}",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        ]
+    internal = f"PLAINTEXT://127.0.0.1:{secure.internal_port}"
+    return [
+        f"listeners=SASL_SSL://127.0.0.1:{port},{internal},{controller}",
+        f"advertised.listeners=SASL_SSL://127.0.0.1:{port},{internal},{controller}",
+        "inter.broker.listener.name=PLAINTEXT",
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL",
+        "sasl.enabled.mechanisms=SCRAM-SHA-512",
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
+        "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        "ssl.keystore.type=PKCS12",
+        f"ssl.keystore.location={secure.keystore}",
+        f"ssl.keystore.password={secure.keystore_password}",
+        f"ssl.key.password={secure.keystore_password}",
+    ]
+
+
+def _server_properties(data_dir: Path, port: int, controller_port: int, partitions: int,
+                       secure: SecureListener | None = None) -> str:
     return "\n".join(
         [
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port},"
-            f"CONTROLLER://127.0.0.1:{controller_port}",
+            *_listener_properties(port, controller_port, secure),
             "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             f"log.dirs={data_dir}",
             f"num.partitions={partitions}",
             # Topics are created explicitly (ensure_topics): a typo must fail, not make a topic.
@@ -124,10 +192,18 @@ class LocalKafkaBroker:
     """Start, stop and inspect the broker whose files live in `home`.
 
     port: None takes 9092 when free (else any free port), 0 any free port, N exactly N.
+    secure: the clients' listener is SASL_SSL (SCRAM-SHA-512 over TLS) with one user
+    (`username`, password `secure_password` or a random one kept in the home), its certificate
+    made at the first start; `status().client_env` holds the settings clients need.
     """
 
-    def __init__(self, home: Path | None = None, port: int | None = None, partitions: int = 3):
+    def __init__(self, home: Path | None = None, port: int | None = None, partitions: int = 3,
+                 secure: bool = False, username: str = "itel",
+                 secure_password: str | None = None):
         self.home = (home or state_dir() / "kafka").resolve()
+        self.secure = secure
+        self.username = username
+        self._secure_password = secure_password
         self.requested_port = port
         self.partitions = partitions
         self.status_file = self.home / "broker.json"
@@ -135,6 +211,7 @@ class LocalKafkaBroker:
         self.properties_file = self.home / "server.properties"
         self.data_dir = self.home / "data"
         self.log_file = self.home / "broker.log"
+        self.password_file = self.home / "sasl.password"  # secure mode: the SCRAM user's, 0600
 
     # -- inspection -------------------------------------------------------------------------
     def status(self) -> BrokerStatus | None:
@@ -147,6 +224,14 @@ class LocalKafkaBroker:
         if not _pid_alive(status.pid):
             self.status_file.unlink(missing_ok=True)
         return None
+
+    def client_env(self) -> dict[str, str]:
+        """The KAFKA_* variables a client of the running secure broker needs, password included
+        (read from password_file); {} for a plaintext broker."""
+        status = self.status()
+        if status is None or not status.client_env:
+            return {}
+        return {**status.client_env, "KAFKA_SASL_PASSWORD": self.password_file.read_text()}
 
     # -- lifecycle ----------------------------------------------------------------------------
     def _ports(self) -> tuple[int, int]:
@@ -167,14 +252,36 @@ class LocalKafkaBroker:
         self.ports_file.write_text(json.dumps({"port": port, "controller_port": controller_port}))
         return port, controller_port
 
-    def _format(self, java: str, classpath: str) -> None:
+    def _secure_listener(self) -> SecureListener | None:
+        """The secure mode's user, certificate and internal port, kept in the home across
+        restarts (the SCRAM user is written into the log dir when it is formatted)."""
+        if not self.secure:
+            return None
+        saved_file = self.home / "secure.json"
+        if saved_file.exists() and (self.data_dir / "meta.properties").exists():
+            saved = json.loads(saved_file.read_text())
+        else:
+            saved = {"username": self.username,
+                     "keystore_password": secrets.token_urlsafe(18), "internal_port": free_port()}
+            self.password_file.write_text(self._secure_password or secrets.token_urlsafe(18))
+            saved_file.write_text(json.dumps(saved))
+            self.password_file.chmod(0o600)
+        keystore, ca_file = make_certificate(self.home, saved["keystore_password"])
+        password = self.password_file.read_text()
+        return SecureListener(username=saved["username"], password=password,
+                              keystore=keystore, keystore_password=saved["keystore_password"],
+                              ca_file=ca_file, internal_port=saved["internal_port"])
+
+    def _format(self, java: str, classpath: str, secure: SecureListener | None = None) -> None:
         if (self.data_dir / "meta.properties").exists():
             return
         cluster_id = new_cluster_id()
+        scram = ["--add-scram", f"SCRAM-SHA-512=[name={secure.username},password={secure.password}]"
+                 ] if secure else []
         result = subprocess.run(
             [java, *JVM_OPTIONS, f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", classpath,
              "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id,
-             "-c", str(self.properties_file)],
+             "-c", str(self.properties_file), *scram],
             capture_output=True,
             text=True,
             check=False,
@@ -191,15 +298,16 @@ class LocalKafkaBroker:
         java = java_executable()
         classpath = resolve_classpath(classpath_cache_dir())
         port, controller_port = self._ports()
-        for needed in (port, controller_port):
+        secure = self._secure_listener()
+        for needed in (port, controller_port, *([secure.internal_port] if secure else [])):
             if not port_is_free(needed):
                 raise KafkaSetupError(
                     f"port {needed} of the broker in {self.home} is taken by another process"
                 )
         self.properties_file.write_text(
-            _server_properties(self.data_dir, port, controller_port, self.partitions)
+            _server_properties(self.data_dir, port, controller_port, self.partitions, secure)
         )
-        self._format(java, classpath)
+        self._format(java, classpath, secure)
         started_at = time.time()
         with open(self.log_file, "ab") as log:
             process = subprocess.Popen(
@@ -218,6 +326,8 @@ class LocalKafkaBroker:
             home=str(self.home),
             log_file=str(self.log_file),
             started_at=started_at,
+            client_env={k: v for k, v in secure.client_env().items()
+                        if k != "KAFKA_SASL_PASSWORD"} if secure else None,
         )
         self.status_file.write_text(json.dumps(asdict(status)))
         try:
@@ -238,7 +348,8 @@ class LocalKafkaBroker:
                     f"the broker exited with code {process.returncode}:\n" + "\n".join(tail)
                 )
             if _answers(status.port):
-                admin = AdminClient({"bootstrap.servers": status.bootstrap_servers})
+                admin = AdminClient({"bootstrap.servers": status.bootstrap_servers,
+                                     **env_security_settings(self.client_env())})
                 try:
                     metadata = admin.list_topics(timeout=5)
                     if metadata.brokers:
