@@ -8,12 +8,10 @@ most one send round per killed API run, lag 0. The module prints the table at it
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 
-from itel_dagster.bench.chaos import as_json, report, soak
 from itel_dagster.bench.crash_stack import CrashStack, Invariants
 from itel_dagster.settings.workers import API_WORKER, TRACKING_WORKER
 
@@ -104,16 +102,3 @@ def test_the_broker_killed_mid_run_and_restarted_loses_and_doubles_nothing(crash
     found = crash_stack.check(batch)
     _record("broker SIGKILL + restart", "broker", found, drained - killed_at)
     assert found.failures(max_re_posts=0) == []  # no run process was killed
-
-
-def test_the_chaos_soak_kills_on_its_schedule_and_reports_what_survived(crash_stack):
-    result = soak(crash_stack, events=60, kills=2, pause_seconds=1.0, deadline_seconds=600)
-    assert result.passed, report(result)
-    assert [k.action for k in result.kills] == ["run", "run"]
-    assert all("run" in k.killed and k.recovery_seconds is not None for k in result.kills)
-    assert result.invariants.events == 60 and result.invariants.lost == 0
-    assert result.max_re_posts == ROUND * max(
-        1, sum(k.killed.count(API_WORKER) for k in result.kills))
-    document = json.loads(json.dumps(as_json(result)))
-    assert document["passed"] and len(document["kills"]) == 2
-    assert "PASSED" in report(result).splitlines()[-1]

@@ -181,3 +181,19 @@ def test_the_primary_workers_runs_carry_the_higher_queue_priority():
     # workers.yaml: the API worker is primary, the tracking worker secondary; maintenance is -1.
     assert workers["itel_cabinet_api_worker"].priority == "primary"
     assert priority["primary"] > priority["secondary"] > -1
+
+
+def test_a_failed_run_whose_retry_never_came_holds_its_partitions_only_for_the_grace(pipeline):
+    from itel_dagster.dagster_seam import WILL_RETRY_TAG
+
+    pipeline.produce(_recent_records(30, seed=91))
+    [request] = pipeline.tick(TRACKING).run_requests
+    failed = create_run_for_test(pipeline.instance, job_name="itel_cabinet_tracking_job",
+                                 status=dg.DagsterRunStatus.STARTED,
+                                 tags={**request.tags, WILL_RETRY_TAG: "true"})
+    pipeline.instance.report_run_failed(failed)  # died; Dagster's retry is to come
+    now = time.time()
+    assert dispatch_state.partitions_in_flight(pipeline.instance, TRACKING, now=now) == {0, 1, 2}
+    # The daemon that should launch the retry was killed: after the grace the range is free.
+    later = now + dispatch_state.RETRY_GRACE_SECONDS + 1
+    assert dispatch_state.partitions_in_flight(pipeline.instance, TRACKING, now=later) == set()

@@ -18,7 +18,13 @@ from pathlib import Path
 import orjson
 
 from itel_dagster.bench.correctness import read_table
-from itel_dagster.bench.dagster_path import DagsterDaemon, RunFacts, run_facts, wait_until_caught_up
+from itel_dagster.bench.dagster_path import (
+    DagsterDaemon,
+    LagTimeout,
+    RunFacts,
+    run_facts,
+    wait_until_caught_up,
+)
 from itel_dagster.bench.ground_truth import InputRecord, committed_messages, end_offsets, read_input
 from itel_dagster.bench.stack import BenchStack, StackChoices
 from itel_dagster.crash_points import CRASH_POINTS_ENV, arm, armed, fired_times
@@ -205,10 +211,35 @@ class CrashStack:
         return Batch(tuple(read_input(self.bootstrap, topic, before, target)), target, started)
 
     def wait_drained(self, batch: Batch, timeout: float = 120.0) -> float:
-        """Until both groups committed the batch; time.time() the later got there."""
-        reached = wait_until_caught_up(self.bootstrap, [self.workers[w] for w in WORKERS],
-                                       batch.target, timeout, check=self.daemon.check_alive)
+        """Until both groups committed the batch; time.time() the later got there. A timeout
+        says what the runs not yet ended were doing."""
+        try:
+            reached = wait_until_caught_up(self.bootstrap, [self.workers[w] for w in WORKERS],
+                                           batch.target, timeout, check=self.daemon.check_alive)
+        except LagTimeout as timed_out:
+            raise LagTimeout(f"{timed_out}\n{self.diagnosis()}") from None
         return max(reached.values())
+
+    def diagnosis(self) -> str:
+        """The runs not ended (status, age, process, last events) and each worker log's tail."""
+        lines = []
+        instance = self.daemon.instance()
+        for run in self.runs():
+            if run.status in ("SUCCESS", "FAILURE", "CANCELED"):
+                continue
+            alive = run.pid is not None and Path(f"/proc/{run.pid}").exists()
+            lines.append(f"run {run.run_id} {run.worker} {run.status}, created "
+                         f"{time.time() - run.created_at:.0f} s ago, pid {run.pid} "
+                         f"({'alive' if alive else 'gone'}), ranges "
+                         f"{[(r.partition, r.start, r.end) for r in run.ranges]}")
+            for event in instance.all_logs(run.run_id)[-4:]:
+                lines.append(f"    {event.dagster_event_type or ''} {event.step_key or ''} "
+                             f"{(event.message or '')[:200]}")
+        for name in ("tracking_worker.log", "api_worker.log"):
+            log = self.work / "logs" / name
+            tail = log.read_text(errors="replace").splitlines()[-3:] if log.exists() else []
+            lines += [f"{name}: {line[:300]}" for line in tail]
+        return "\n".join(lines) or "no run in flight"
 
     def check(self, batch: Batch) -> Invariants:
         workers = self.workers

@@ -6,6 +6,7 @@ read the same state the same way. Only reads; never launches or commits.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
@@ -37,21 +38,33 @@ IN_FLIGHT = [
 ]
 
 
-def partitions_in_flight(instance: dg.DagsterInstance, worker: str) -> set[int]:
-    """Kafka partitions with a run queued, running, or failed with a run retry still to come."""
+# Dagster's daemon launches a run retry within seconds of the failure. A failed run still
+# without its retry after this long (the daemon was killed between the failure and the retry)
+# holds its partitions no longer: the sensor dispatches the range itself, and a retry that comes
+# late is refused at the commit (the group moved).
+RETRY_GRACE_SECONDS = 60.0
+
+
+def partitions_in_flight(instance: dg.DagsterInstance, worker: str,
+                         now: float | None = None) -> set[int]:
+    """Kafka partitions with a run queued, running, or failed with a run retry still to come
+    (within RETRY_GRACE_SECONDS of the failure)."""
     busy: set[int] = set()
     for run in instance.get_runs(
         filters=dg.RunsFilter(tags={WORKER_TAG: worker}, statuses=IN_FLIGHT)
     ):
         busy |= tagged_partitions(run.tags)
-    failed = instance.get_runs(
+    failed = instance.get_run_records(
         filters=dg.RunsFilter(tags={WORKER_TAG: worker, WILL_RETRY_TAG: "true"},
                               statuses=[dg.DagsterRunStatus.FAILURE]),
         limit=50,
     )
-    for run in failed:
-        if AUTO_RETRY_RUN_ID_TAG not in run.tags:
-            busy |= tagged_partitions(run.tags)
+    now = time.time() if now is None else now
+    for record in failed:
+        ended_at = record.end_time or record.update_timestamp.timestamp()
+        if (AUTO_RETRY_RUN_ID_TAG not in record.dagster_run.tags
+                and now - ended_at < RETRY_GRACE_SECONDS):
+            busy |= tagged_partitions(record.dagster_run.tags)
     return busy
 
 
