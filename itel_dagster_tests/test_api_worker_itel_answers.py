@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from click.testing import CliRunner
@@ -25,6 +26,10 @@ from itel_dagster.settings.connections import load_itel_connection
 API = "itel_cabinet_api_worker"
 # Long enough that the breaker is certainly still open while a test looks at it.
 HELD = {"failure_threshold": 3, "cool_down_seconds": 120}
+# Records of one UTC day, so each tick dispatches one run (records over the last 24 h span two days,
+# and at some hours the first day's run holds too few records to open the breaker).
+YESTERDAY_EVENING = (datetime.now(timezone.utc) - timedelta(days=1)).replace(
+    hour=20, minute=0, second=0, microsecond=0)
 
 
 def breaker_cli(*args: str) -> str:
@@ -63,7 +68,7 @@ def test_refused_credentials_open_the_breaker_and_events_wait_in_kafka(
         itel_simulator.set_faults(error_rate=1.0, error_status=403)
         cause = "iTel answers 403 to every request"
     pipeline.set_itel(circuit_breaker=HELD)
-    records = list(generate_records(count=6, seed=71, days=1))
+    records = list(generate_records(count=6, seed=71, days=0.3, now=YESTERDAY_EVENING))
     pipeline.produce(records)
 
     runs = pipeline.drain(API, max_ticks=4)  # was: a run per tick, forever, nothing sent
@@ -82,7 +87,7 @@ def test_refused_credentials_open_the_breaker_and_events_wait_in_kafka(
 def test_a_long_retry_after_opens_the_breaker_until_then_and_breaker_close_resumes(
         pipeline, itel_simulator):
     itel_simulator.set_faults(rate_limited=1000, retry_after_seconds=3600)  # every request
-    records = list(generate_records(count=4, seed=72, days=1))
+    records = list(generate_records(count=4, seed=72, days=0.3, now=YESTERDAY_EVENING))
     pipeline.produce(records)
     began = time.time()
 
@@ -108,7 +113,7 @@ def test_a_long_retry_after_opens_the_breaker_until_then_and_breaker_close_resum
 
 
 def test_a_non_ascii_event_id_is_sent_once_and_the_worker_moves_on(pipeline, itel_simulator):
-    records = list(generate_records(count=6, seed=73, days=1))
+    records = list(generate_records(count=6, seed=73, days=0.3, now=YESTERDAY_EVENING))
     event = json.loads(records[2].value)
     event["event_id"] = "évt-ü-1"
     records[2] = records[2]._replace(value=json.dumps(event).encode(), event_id="évt-ü-1")
