@@ -6,6 +6,7 @@ pytest_plugins = [
     "itel_dagster_tests.fixtures.pipeline_fixtures",
     "itel_dagster_tests.fixtures.dagster_ui_fixtures",
     "itel_dagster_tests.fixtures.lanes",
+    "itel_dagster_tests.fixtures.postgres_fixtures",
 ]
 
 

@@ -17,7 +17,7 @@ from itel_dagster.settings.workers import load_workers
 from itel_dagster.settings.paths import PROJECT_ROOT
 
 DEPLOY = PROJECT_ROOT / "deploy"
-EXAMPLES = ["dagster.queued.yaml", "dagster.k8s.yaml"]
+EXAMPLES = ["dagster.queued.yaml", "dagster.k8s.yaml", "dagster.postgres.yaml"]
 
 
 def load(path: Path) -> dict:
@@ -68,6 +68,19 @@ def test_kubernetes_example_launches_pods_on_postgres():
     postgres = config["storage"]["postgres"]["postgres_db"]
     assert postgres["password"] == {"env": "DAGSTER_PG_PASSWORD"}  # never a literal secret
     assert config["run_monitoring"]["enabled"] is True
+    # Run pods share one breaker, cache and metrics: the state lives in Postgres, not on the pod.
+    state_urls = [v for v in launcher["config"]["env_vars"] if v.startswith("ITEL_STATE_URL=")]
+    assert len(state_urls) == 1 and state_urls[0].split("=", 1)[1].startswith("postgresql://")
+
+
+def test_postgres_example_takes_every_connection_setting_from_the_environment():
+    config = load(DEPLOY / "dagster.postgres.yaml")
+    postgres = config["storage"]["postgres"]["postgres_db"]
+    names = {key: value["env"] for key, value in postgres.items() if isinstance(value, dict)}
+    assert names == {"hostname": "DAGSTER_PG_HOST", "port": "DAGSTER_PG_PORT",
+                     "username": "DAGSTER_PG_USER", "password": "DAGSTER_PG_PASSWORD",
+                     "db_name": "DAGSTER_PG_DB"}
+    assert "event_log_storage" not in config  # ours is SQLite only (docs/architecture.md)
 
 
 def test_scaling_guide_points_at_files_that_exist():

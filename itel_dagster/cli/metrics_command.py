@@ -39,8 +39,8 @@ def metrics() -> None:
 def serve_command(host, port, bootstrap_servers) -> None:
     """Serve http://HOST:PORT/metrics until Ctrl-C or SIGTERM.
 
-    The counters come from <ITEL_STATE_DIR>/metrics.sqlite, where every run process adds its
-    counts; lag is read from Kafka at each scrape.
+    The counters come from <ITEL_STATE_DIR>/metrics.sqlite (or ITEL_STATE_URL's PostgreSQL),
+    where every run process adds its counts; lag is read from Kafka at each scrape.
     """
     try:
         server = serve(pipeline_registry(bootstrap_servers=_bootstrap(bootstrap_servers)),

@@ -19,6 +19,7 @@ from itel_dagster.metrics.consumer_lag import lag_families
 from itel_dagster.metrics.names import PIPELINE_METRICS, MetricSpec
 from itel_dagster.metrics.recording import INF
 from itel_dagster.metrics.store import MetricsStore, SampleKey, sample_key
+from itel_dagster.state import open_metrics_store
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class PipelineCollector(Collector):
 def pipeline_registry(store: MetricsStore | None = None,
                       bootstrap_servers: Callable[[], str] | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(PipelineCollector(store or MetricsStore(), bootstrap_servers))
+    registry.register(PipelineCollector(store or open_metrics_store(), bootstrap_servers))
     return registry
 
 

@@ -12,6 +12,7 @@ from collections import defaultdict
 
 from itel_dagster.metrics.names import MetricSpec
 from itel_dagster.metrics.store import MetricsStore, SampleKey, sample_key
+from itel_dagster.state import open_metrics_store
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class MetricBatch:
         increments, self.increments = dict(self.increments), defaultdict(float)
         store = None
         try:
-            store = self._store or MetricsStore()
+            store = self._store or open_metrics_store()
             store.add(increments)
             return True
         except Exception as exc:  # metrics are never worth a failed run

@@ -1,5 +1,6 @@
 """The metric values shared by every run process: one SQLite file (`<ITEL_STATE_DIR>/metrics.sqlite`)
-of monotonically growing sums, one row per metric name and label set.
+of monotonically growing sums, one row per metric name and label set. With ITEL_STATE_URL the
+same sums live in PostgreSQL (state/postgres.py); `state.open_metrics_store()` picks the backend.
 
 Each flush is one transaction of `value = value + ?` upserts, so increments from any number of
 processes add up and none is lost. It only adds: values are never set, lowered or reset here.

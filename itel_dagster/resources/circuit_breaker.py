@@ -1,9 +1,11 @@
-"""The iTel circuit breaker, shared by every run process and the sensor through one SQLite file.
+"""The iTel circuit breaker, shared by every run process and the sensor through one store: a SQLite
+file on one machine, or PostgreSQL (ITEL_STATE_URL, state/postgres.py) across machines.
 
 Only failures that say something about iTel's health count (connection errors, timeouts, 5xx,
-429); a 4xx rejection is an answer. Every read-modify-write is one `BEGIN IMMEDIATE` transaction,
-so across processes exactly one caller gets the probe after a cool-down. A `closed` seen by this
-object is trusted for `closed_recheck_seconds` (50 ms), so a healthy send costs no file access.
+429); a 4xx rejection is an answer. Every read-modify-write holds the store's write lock (SQLite's
+`BEGIN IMMEDIATE`, PostgreSQL's `SELECT ... FOR UPDATE`), so across processes exactly one caller
+gets the probe after a cool-down. A `closed` seen by this object is trusted for
+`closed_recheck_seconds` (50 ms), so a healthy send costs no store access.
 It may also be held open until a set time (a long Retry-After, an operator): a late success does
 not close a hold, only a probe after it or `close()`. It records the cause of its opening.
 """
@@ -13,11 +15,11 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
-from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, closing, contextmanager
+from dataclasses import astuple, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
@@ -62,7 +64,7 @@ class BreakerState:
 
 
 @dataclass
-class _Row:
+class BreakerRow:
     state: str
     consecutive_failures: int
     opened_at: float | None
@@ -71,22 +73,26 @@ class _Row:
     open_until: float | None
     cause: str | None
 
+    def values(self) -> tuple:
+        return astuple(self)
 
-class CircuitBreaker:
-    def __init__(self, path: Path, failure_threshold: int = 5, cool_down_seconds: float = 30.0,
-                 clock: Callable[[], float] = time.time,
-                 probe_timeout_seconds: float | None = None, closed_recheck_seconds: float = 0.05):
+
+# The row's columns in BreakerRow's order, and the two statements every store runs on them.
+BREAKER_COLUMNS = [f.name for f in fields(BreakerRow)]
+SELECT_BREAKER = f"SELECT {', '.join(BREAKER_COLUMNS)} FROM circuit_breaker WHERE id = 1"
+
+
+def update_breaker_sql(mark: str) -> str:
+    """The UPDATE of every column, with the driver's parameter mark (? or %s)."""
+    return (f"UPDATE circuit_breaker SET {', '.join(f'{c} = {mark}' for c in BREAKER_COLUMNS)} "
+            "WHERE id = 1")
+
+
+class SqliteBreakerStore:
+    """The breaker's row in a SQLite file: every process of this machine shares it."""
+
+    def __init__(self, path: Path):
         self.path = path
-        self.failure_threshold = failure_threshold
-        self.cool_down_seconds = cool_down_seconds
-        # A probe with no recorded result after this long is taken as lost (its process died).
-        self.probe_timeout_seconds = (
-            probe_timeout_seconds if probe_timeout_seconds is not None else 2 * cool_down_seconds)
-        self.clock = clock
-        # Opening a short-lived SQLite connection costs ~0.5 ms, twice per request otherwise; a
-        # breaker another process opens is seen here at most this much later.
-        self.closed_recheck_seconds = closed_recheck_seconds
-        self._seen: tuple[float, str, int] | None = None  # (monotonic, state, failures)
         path.parent.mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as connection:
             connection.execute("PRAGMA journal_mode=WAL")
@@ -105,14 +111,59 @@ class CircuitBreaker:
         # Short-lived connections: runs are separate processes and may run concurrently.
         return sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
 
-    def _read(self, connection: sqlite3.Connection) -> _Row:
-        row = _Row(*connection.execute(
-            "SELECT state, consecutive_failures, opened_at, probe_started_at, opened_count, "
-            "open_until, cause FROM circuit_breaker WHERE id = 1").fetchone())
-        self._remember(row)
-        return row
+    @staticmethod
+    def _select(connection: sqlite3.Connection) -> BreakerRow:
+        return BreakerRow(*connection.execute(SELECT_BREAKER).fetchone())
 
-    def _remember(self, row: _Row) -> None:
+    def read(self) -> BreakerRow:
+        with closing(self._connect()) as connection:
+            return self._select(connection)
+
+    @contextmanager
+    def locked(self) -> Iterator[BreakerRow]:
+        """The row under a write lock held from the read to the write: change it in place."""
+        with closing(self._connect()) as connection:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._select(connection)
+                yield row
+                connection.execute(update_breaker_sql("?"), row.values())
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+
+
+class BreakerStore(Protocol):
+    """Where the breaker's one row lives: SqliteBreakerStore (one machine) or
+    state.postgres.PostgresBreakerStore (ITEL_STATE_URL, any number of machines)."""
+
+    path: Path | str  # where, as logs and the CLI show it
+
+    def read(self) -> BreakerRow: ...
+
+    def locked(self) -> AbstractContextManager[BreakerRow]: ...
+
+
+class CircuitBreaker:
+    def __init__(self, store: Path | BreakerStore, failure_threshold: int = 5,
+                 cool_down_seconds: float = 30.0, clock: Callable[[], float] = time.time,
+                 probe_timeout_seconds: float | None = None, closed_recheck_seconds: float = 0.05):
+        # A path: the SQLite file of this machine's processes.
+        self.store = SqliteBreakerStore(Path(store)) if isinstance(store, (str, Path)) else store
+        self.path = self.store.path
+        self.failure_threshold = failure_threshold
+        self.cool_down_seconds = cool_down_seconds
+        # A probe with no recorded result after this long is taken as lost (its process died).
+        self.probe_timeout_seconds = (
+            probe_timeout_seconds if probe_timeout_seconds is not None else 2 * cool_down_seconds)
+        self.clock = clock
+        # Reading the store costs ~0.5 ms (a SQLite connection, a Postgres round trip), twice per
+        # request otherwise; a breaker another process opens is seen here at most this much later.
+        self.closed_recheck_seconds = closed_recheck_seconds
+        self._seen: tuple[float, str, int] | None = None  # (monotonic, state, failures)
+
+    def _remember(self, row: BreakerRow) -> None:
         self._seen = (time.monotonic(), row.state, row.consecutive_failures)
 
     def _recently_closed(self, with_failures: bool = True) -> bool:
@@ -125,30 +176,19 @@ class CircuitBreaker:
                 and time.monotonic() - seen_at < self.closed_recheck_seconds)
 
     @contextmanager
-    def _change(self) -> Iterator[_Row]:
-        """The row under a write lock held from the read to the write: change it in place."""
-        with closing(self._connect()) as connection:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._read(connection)
-                yield row
-                connection.execute(
-                    "UPDATE circuit_breaker SET state = ?, consecutive_failures = ?, "
-                    "opened_at = ?, probe_started_at = ?, opened_count = ?, open_until = ?, "
-                    "cause = ? WHERE id = 1",
-                    (row.state, row.consecutive_failures, row.opened_at, row.probe_started_at,
-                     row.opened_count, row.open_until, row.cause))
-                connection.execute("COMMIT")
-                self._remember(row)
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
+    def _change(self) -> Iterator[BreakerRow]:
+        """The row under the store's write lock from the read to the write: change it in place."""
+        with self.store.locked() as row:
+            self._remember(row)
+            yield row
+        self._remember(row)
 
-    def _snapshot(self) -> _Row:
-        with closing(self._connect()) as connection:
-            return self._read(connection)
+    def _snapshot(self) -> BreakerRow:
+        row = self.store.read()
+        self._remember(row)
+        return row
 
-    def _open_ends(self, row: _Row) -> float:
+    def _open_ends(self, row: BreakerRow) -> float:
         """When an open breaker lets a probe go: the hold's end, else the cool-down's."""
         if row.open_until is not None:
             return row.open_until
@@ -203,7 +243,7 @@ class CircuitBreaker:
             self._close(row)
 
     @staticmethod
-    def _close(row: _Row) -> None:
+    def _close(row: BreakerRow) -> None:
         row.state, row.consecutive_failures = CLOSED, 0
         row.opened_at = row.probe_started_at = row.open_until = None
         row.cause = None
@@ -222,7 +262,7 @@ class CircuitBreaker:
             # Already open: a late failure of a request sent before it opened does not extend
             # the cool-down.
 
-    def _open(self, row: _Row, until: float | None = None) -> None:
+    def _open(self, row: BreakerRow, until: float | None = None) -> None:
         row.state, row.opened_at, row.probe_started_at = OPEN, self.clock(), None
         row.open_until = until
         row.opened_count += 1

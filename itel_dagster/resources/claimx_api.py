@@ -23,7 +23,7 @@ from itel_dagster.resources.api_http_client import ApiHttpClient
 from itel_dagster.resources.http_retry import RETRY_EXCEPTIONS, RetryRule, is_retryable_status
 from itel_dagster.resources.task_cache import TaskCache
 from itel_dagster.settings.connections import ClaimxConnectionSettings, load_claimx_connection
-from itel_dagster.settings.paths import state_dir
+from itel_dagster.state import open_task_cache
 
 ENRICHED, NOT_FOUND, SKIPPED = "enriched", "not_found", "skipped"
 # A claim outlives any healthy fetch of one batch; after it, a waiting run fetches for itself.
@@ -187,8 +187,9 @@ class ClaimxApiResource(dg.ConfigurableResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         settings = load_claimx_connection()
-        path = Path(self.cache_path) if self.cache_path else state_dir() / "cache" / "claimx_tasks.sqlite"
-        cache = TaskCache(path, settings.cache_ttl_seconds)
+        # SQLite under ITEL_STATE_DIR, or PostgreSQL when ITEL_STATE_URL is set (state/).
+        cache = open_task_cache(settings.cache_ttl_seconds,
+                                Path(self.cache_path) if self.cache_path else None)
         self._client = ClaimxLookupClient(settings, cache)
 
     def lookup(self, assignment_ids: list[int]) -> LookupBatch:

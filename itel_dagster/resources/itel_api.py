@@ -14,7 +14,7 @@ from itel_dagster.resources.circuit_breaker import CircuitBreaker
 from itel_dagster.resources.itel_auth import BearerAuth, OAuth2ClientCredentialsAuth
 from itel_dagster.resources.itel_sender import ItelSender, SendReport, SendRequest
 from itel_dagster.settings.connections import ItelConnectionSettings, load_itel_connection
-from itel_dagster.settings.paths import state_dir
+from itel_dagster.state import open_breaker_store
 
 # A send round (the events whose outcomes are recorded together) holds this many events per
 # connection: enough to keep max_concurrency lanes busy, few enough that a crash re-sends little.
@@ -24,7 +24,7 @@ ROUND_EVENTS_PER_CONNECTION = 16
 def breaker_for(settings: ItelConnectionSettings, path: Path | None = None) -> CircuitBreaker:
     """The one breaker of the iTel connection, shared by every run process and the sensor."""
     return CircuitBreaker(
-        path or state_dir() / "itel_circuit_breaker.sqlite",
+        open_breaker_store(path),  # SQLite under ITEL_STATE_DIR, or ITEL_STATE_URL's PostgreSQL
         failure_threshold=settings.circuit_breaker.failure_threshold,
         cool_down_seconds=settings.circuit_breaker.cool_down_seconds,
     )
