@@ -4,6 +4,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/ensure_venv.sh"
 bash "$ROOT/scripts/ensure_browser.sh"
+# Azurite for the object-storage Delta tests; where npm cannot install it, they skip with the reason.
+bash "$ROOT/scripts/ensure_azurite.sh" || echo "warning: azurite not installed" >&2
 cd "$ROOT"
 # Two pytest workers (pytest-xdist), each with its own broker, a whole file per worker (module
 # fixtures such as the crash matrix's stack stay in one process). ITEL_TEST_WORKERS=0: one process.

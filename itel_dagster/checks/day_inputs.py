@@ -18,6 +18,7 @@ from itel_dagster.kafka.day_window import day_bounds_ms
 from itel_dagster.kafka.time_window import time_windows
 from itel_dagster.resources.delta_tables import DeltaTablesResource
 from itel_dagster.resources.kafka import KafkaResource
+from itel_dagster.settings.paths import delta_storage_options
 from itel_dagster.stages.day_audit import DAY_RECORD_SCHEMA, day_records
 from itel_dagster.stages.dead_letters import parse_dead_letters
 from itel_dagster.stages.raw_batch import raw_batch_from_records
@@ -88,7 +89,7 @@ def dead_letter_coordinates(kafka: KafkaResource, error_topic: str, input_topic:
 
 
 def _exists(uri: str) -> bool:
-    return DeltaTable.is_deltatable(uri)
+    return DeltaTable.is_deltatable(uri, storage_options=delta_storage_options())
 
 
 def day_rows(delta: DeltaTablesResource, table: str, day: date,
@@ -99,7 +100,7 @@ def day_rows(delta: DeltaTablesResource, table: str, day: date,
     uri = delta.table_uri(table)
     if not _exists(uri):
         return pl.DataFrame(schema={name: pl.String for name in present})
-    return (pl.scan_delta(uri)
+    return (pl.scan_delta(uri, storage_options=delta_storage_options())
             .filter((pl.col("year") == day.year) & (pl.col("month") == day.month)
                     & (pl.col("day") == day.day))
             .select(pl.col(column).alias(name) for name, column in present.items())
@@ -112,12 +113,14 @@ def newest_value(delta: DeltaTablesResource, table: str, column: str) -> datetim
     uri = delta.table_uri(table)
     if not _exists(uri):
         return None
-    files = pl.DataFrame(DeltaTable(uri).get_add_actions(flatten=True))
+    files = pl.DataFrame(DeltaTable(uri, storage_options=delta_storage_options())
+                         .get_add_actions(flatten=True))
     if files.is_empty():
         return None
     if f"max.{column}" in files.columns and files[f"max.{column}"].null_count() == 0:
         return files[f"max.{column}"].max()
     try:
-        return pl.scan_delta(uri).select(pl.col(column).max()).collect().item()
+        return (pl.scan_delta(uri, storage_options=delta_storage_options())
+                .select(pl.col(column).max()).collect().item())
     except pl.exceptions.ColumnNotFoundError:
         raise dg.Failure(f"table {table} has no column {column!r}", allow_retries=False) from None
