@@ -241,8 +241,7 @@ def test_api_check_counts_rejections_as_dead_lettered_and_finds_a_lost_event(pip
 
 
 def test_worker_runs_leave_the_checks_to_their_job_and_schedule():
-    from itel_dagster.checks.checks_job import asset_checks_schedule
-    from itel_dagster.definitions import defs
+    from itel_dagster.definitions import asset_checks_schedule, defs
 
     for job_name in ("itel_cabinet_tracking_job", "itel_cabinet_api_job"):
         assert not defs.resolve_job_def(job_name).asset_layer.asset_graph.asset_check_keys

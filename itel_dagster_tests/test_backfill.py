@@ -48,10 +48,10 @@ def day_rows(table: pl.DataFrame, day: date) -> pl.DataFrame:
 
 def backfill(pipeline, worker: str, *days: date):
     """One backfill run over `days`, as the daemon launches it: no run config, partition tags."""
-    from itel_dagster.definitions import defs
-    from itel_dagster_tests.fixtures.pipeline_fixtures import WORKER_JOBS
+    from itel_dagster_tests.fixtures.pipeline_fixtures import worker_definitions
 
-    job = defs.resolve_job_def(WORKER_JOBS[worker][0])
+    settings = pipeline.workers[worker]
+    job = worker_definitions(settings).resolve_job_def(settings.job)
     keys = sorted(d.isoformat() for d in days)
     tags = {"dagster/backfill": "test"}
     if len(keys) == 1:

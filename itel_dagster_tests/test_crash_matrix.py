@@ -13,7 +13,7 @@ import time
 import pytest
 
 from itel_dagster.bench.crash_stack import CrashStack, Invariants
-from itel_dagster.settings.workers import API_WORKER, TRACKING_WORKER
+from itel_dagster.bench.seed_workers import API_WORKER, TRACKING_WORKER
 
 pytestmark = pytest.mark.slow  # starts a broker, simulators, a code server and the daemon
 

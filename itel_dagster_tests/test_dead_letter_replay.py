@@ -31,7 +31,7 @@ def replay(pipeline, worker: str, expect_success: bool = True, **config):
     return result
 
 
-FINAL_NODE = {TRACKING: "finish_tracking_replay", API: "finish_api_replay"}
+FINAL_NODE = {TRACKING: "finish_delta_write_replay", API: "finish_itel_api_send_replay"}
 
 
 def summary(result) -> dict:

@@ -10,7 +10,8 @@ import dagster as dg
 import pytest
 
 from itel_dagster.settings.paths import PROJECT_ROOT
-from itel_dagster.settings.workers import TRACKING_WORKER, load_workers
+from itel_dagster.bench.seed_workers import TRACKING_WORKER
+from itel_dagster.settings.workers import load_workers
 
 
 def test_definitions_load_without_services(monkeypatch):
@@ -39,9 +40,11 @@ def test_definitions_load_without_services(monkeypatch):
 
 @pytest.mark.filterwarnings("error::DeprecationWarning")
 def test_the_workers_jobs_use_no_deprecated_dagster_api():
-    for name in ("itel_dagster.assets.tracking_table", "itel_dagster.assets.itel_api_sends",
+    for name in ("itel_dagster.assets.worker_asset", "itel_dagster.worker_factory",
                  "itel_dagster.definitions"):
         importlib.reload(importlib.import_module(name))
+
+
 @pytest.mark.slow
 def test_workspace_loads_with_dagster_cli(tmp_path):
     """`dagster definitions validate` is what `dagster dev` does first with workspace.yaml."""

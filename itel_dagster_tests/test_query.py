@@ -19,10 +19,11 @@ from itel_dagster.bench.query_times import main as bench_main
 from itel_dagster.bench.query_times import write_tables as write_bench_tables
 from itel_dagster.cli import main
 from itel_dagster.devstack import claimx_world as world
-from itel_dagster.query.named_queries import LEDGER_TABLE
+LEDGER_TABLE = "itel_api_sends"
 from itel_dagster.resources.delta_tables import DeltaTableWriter
 from itel_dagster.settings.connections import load_itel_connection
-from itel_dagster.settings.workers import TRACKING_WORKER, load_workers
+from itel_dagster.bench.seed_workers import TRACKING_WORKER
+from itel_dagster.settings.workers import load_workers
 from itel_dagster.stages.bench_stages import TOPIC, tracking_event
 from itel_dagster.stages.enrich import apply_lookups
 from itel_dagster.stages.itel_payload import with_payloads

@@ -43,14 +43,29 @@ def test_each_workers_runs_carry_its_own_retry_tags_from_workers_yaml(pipeline):
     assert request.tags["dagster/retry_strategy"] == "FROM_FAILURE"
 
 
-def test_the_delta_write_op_retries_as_workers_yaml_says():
-    from itel_dagster.ops.tracking_ops import write_tracking_rows
-    from itel_dagster.settings.workers import load_workers
+def _node_retries(settings, node: str):
+    from itel_dagster_tests.fixtures.pipeline_fixtures import worker_definitions
 
-    policy = write_tracking_rows.retry_policy
-    configured = load_workers()[TRACKING].retry_policy
-    assert policy.max_retries == configured.op_max_retries
-    assert policy.delay > 0 and policy.backoff == dg.Backoff.EXPONENTIAL and policy.jitter is not None
+    job = worker_definitions(settings).resolve_job_def(settings.job)
+    return job.graph.node_named(settings.asset).definition.node_named(node).retry_policy
+
+
+def test_the_final_stage_ops_retry_as_each_workers_yaml_entry_says(pipeline):
+    for settings, node in ((pipeline.tracking, "write_tracking_rows"),
+                           (pipeline.api, "skip_already_sent")):
+        policy = _node_retries(settings, node)
+        assert policy.max_retries == settings.retry_policy.op_max_retries
+        assert policy.delay == settings.retry_policy.op_delay_seconds
+        assert policy.backoff == dg.Backoff.EXPONENTIAL and policy.jitter is not None
+    # A rerun of the whole send op would send recorded rounds again: never retried as a whole.
+    assert _node_retries(pipeline.api, "send_to_itel") is None
+
+    # An edited workers.yaml gives the worker's next build its retries.
+    workers_file = Path(pipeline.root) / "config/plugins/itel_cabinet_api/workers.yaml"
+    data = yaml.safe_load(workers_file.read_text())
+    data["workers"][TRACKING]["retry_policy"]["op_max_retries"] = 5
+    workers_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert _node_retries(pipeline.tracking, "write_tracking_rows").max_retries == 5
 
 
 def test_a_run_that_failed_in_an_op_is_not_retried_by_dagster_so_retries_do_not_multiply(

@@ -146,8 +146,14 @@ def test_kafka_settings(monkeypatch, tmp_path):
     assert bootstrap_servers() == "broker-a:9092,broker-b:9092"
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS")
     monkeypatch.setenv("ITEL_STATE_DIR", str(tmp_path))
-    with pytest.raises(RuntimeError, match="itel-dagster kafka start"):
+    # The pipeline never falls back to a local broker: it names the missing variable.
+    with pytest.raises(ConfigError, match="KAFKA_BOOTSTRAP_SERVERS is not set"):
         bootstrap_servers()
+    # The developer commands do look for the local broker, and say how to start one.
+    from itel_dagster.devstack.kafka.broker import configured_or_local_bootstrap_servers
+
+    with pytest.raises(RuntimeError, match="itel-dagster kafka start"):
+        configured_or_local_bootstrap_servers()
     monkeypatch.setenv("ITEL_KAFKA_PARTITIONS", "6")
     assert default_partitions() == 6
     monkeypatch.setenv("ITEL_KAFKA_PARTITIONS", "zero")
@@ -196,3 +202,4 @@ def test_delta_storage_options_come_from_one_json_env_var(monkeypatch):
     monkeypatch.setenv("ITEL_DELTA_STORAGE_OPTIONS", '{"timeout": 5}')
     with pytest.raises(ValueError, match="object of strings"):
         delta_storage_options()
+

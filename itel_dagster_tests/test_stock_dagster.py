@@ -16,7 +16,7 @@ from itel_dagster.bench.stock_vs_own import (
     PROJECT_DAGSTER_YAML,
     write_stock_dagster_yaml,
 )
-from itel_dagster.settings.workers import API_WORKER, TRACKING_WORKER
+from itel_dagster.bench.seed_workers import API_WORKER, TRACKING_WORKER
 
 EVENTS = 100  # 5% of them invalid
 

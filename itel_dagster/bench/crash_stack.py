@@ -31,7 +31,8 @@ from itel_dagster.crash_points import CRASH_POINTS_ENV, arm, armed, fired_times
 from itel_dagster.devstack.publisher.publish import publish_events
 from itel_dagster.kafka.offsets import group_progress
 from itel_dagster.settings.paths import PROJECT_ROOT
-from itel_dagster.settings.workers import API_WORKER, TRACKING_WORKER, WorkerSettings, load_workers
+from itel_dagster.bench.seed_workers import API_WORKER, TRACKING_WORKER
+from itel_dagster.settings.workers import WorkerSettings, load_workers
 
 WORKERS = (TRACKING_WORKER, API_WORKER)
 LIVE_STATUSES = ("STARTING", "STARTED")

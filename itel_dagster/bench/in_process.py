@@ -28,7 +28,7 @@ from itel_dagster.kafka.offsets import (
 )
 from itel_dagster.kafka.range_reader import read_range
 from itel_dagster.kafka.results_producer import ResultsProducer
-from itel_dagster.ops.api_ops import LEDGER_TABLE, _days, _outcome_frame
+from itel_dagster.ops.api_ops import _days, _outcome_frame
 from itel_dagster.ops.results_ops import success_messages
 from itel_dagster.ops.tracking_ops import _success_frame
 from itel_dagster.resources.claimx_api import ClaimxLookupClient
@@ -38,7 +38,8 @@ from itel_dagster.resources.itel_sender import ItelSender, SendRequest
 from itel_dagster.resources.task_cache import TaskCache
 from itel_dagster.sensors.dispatch_plan import KafkaRange, plan_dispatch
 from itel_dagster.settings.connections import load_claimx_connection, load_itel_connection
-from itel_dagster.settings.workers import TRACKING_WORKER, WorkerSettings
+from itel_dagster.bench.seed_workers import API_WORKER, TRACKING_WORKER
+from itel_dagster.settings.workers import WorkerSettings, load_workers
 from itel_dagster.stages.enrich import apply_lookups
 from itel_dagster.stages.error_records import error_record_messages, error_records, stage_failures
 from itel_dagster.stages.itel_payload import with_payloads
@@ -126,7 +127,7 @@ class InProcessWorker:
         self.claimx = ClaimxLookupClient(
             claimx, TaskCache(state / f"claimx_tasks_{settings.name}.sqlite", claimx.cache_ttl_seconds))
         self.tracking_writer = self.delta.writer(settings.delta_table or "itel_cabinet_task_tracking")
-        self.ledger_writer = self.delta.writer(LEDGER_TABLE, key="ledger_key")
+        self.ledger_writer = self.delta.writer(load_workers()[API_WORKER].table, key="ledger_key")
         itel = load_itel_connection()
         self.itel = itel
         self.sender = ItelSender(
@@ -180,7 +181,7 @@ class InProcessWorker:
 
     def _send(self, rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         with self.span("ledger_check"):
-            handled = self.delta.values_present(LEDGER_TABLE, "event_id",
+            handled = self.delta.values_present(load_workers()[API_WORKER].table, "event_id",
                                                 rows["event_id"].to_list(), _days(rows))
             if handled:
                 rows = rows.filter(~pl.col("event_id").is_in(list(handled)))

@@ -26,7 +26,8 @@ from itel_dagster.devstack.publisher.publish import publish_events
 from itel_dagster.kafka.offsets import commit_offsets
 from itel_dagster.sensors.run_range_tags import ISOLATION_TAG
 from itel_dagster.settings.paths import PROJECT_ROOT
-from itel_dagster.settings.workers import API_WORKER, TRACKING_WORKER, load_workers
+from itel_dagster.bench.seed_workers import API_WORKER, TRACKING_WORKER
+from itel_dagster.settings.workers import load_workers
 
 WORKERS = {"tracking": TRACKING_WORKER, "api": API_WORKER}
 TARGET_SECONDS = 180.0

@@ -23,9 +23,10 @@ from deltalake import write_deltalake
 
 from itel_dagster.bench.work_dir import WORK_DIR_HELP, bench_work_dir
 from itel_dagster.query import named_queries as named
-from itel_dagster.query.named_queries import LEDGER_TABLE, QueryTables
+from itel_dagster.query.named_queries import QueryTables
 
 TRACKING_TABLE = "itel_cabinet_task_tracking"
+LEDGER_TABLE = "itel_api_sends"  # the bench builds its own tables under these names
 DAYS = 30
 LAST_DAY = date(2026, 11, 30)
 STATUSES = ["assigned", "in_progress", "completed", "in_progress", "completed"]
@@ -114,10 +115,10 @@ def named_queries(tables: QueryTables, assignment: int) -> dict[str, pl.LazyFram
 def time_queries(root: Path, repeats: int) -> list[tuple[str, float, int]]:
     """(query, median seconds, result rows), each query opened and collected anew per repeat."""
     def fresh(query: str) -> pl.LazyFrame:  # the table opened as the command opens it
-        return named_queries(QueryTables(str(root), TRACKING_TABLE), assignment=7)[query]
+        return named_queries(QueryTables(str(root), TRACKING_TABLE, LEDGER_TABLE), assignment=7)[query]
 
     results = []
-    for query in named_queries(QueryTables(str(root), TRACKING_TABLE), assignment=7):
+    for query in named_queries(QueryTables(str(root), TRACKING_TABLE, LEDGER_TABLE), assignment=7):
         timings, height = [], 0
         for _ in range(repeats):
             began = time.perf_counter()

@@ -37,7 +37,8 @@ from itel_dagster.resources.delta_maintenance import checkpoint, compact_day, da
 from itel_dagster.resources.delta_tables import PARTITION_COLUMNS, DeltaTableWriter
 from itel_dagster.settings.connections import load_itel_connection
 from itel_dagster.settings.maintenance import load_maintenance
-from itel_dagster.settings.workers import TRACKING_WORKER, load_workers
+from itel_dagster.bench.seed_workers import TRACKING_WORKER
+from itel_dagster.settings.workers import load_workers
 from itel_dagster.stages.bench_stages import TOPIC, tracking_event
 from itel_dagster.stages.enrich import apply_lookups
 from itel_dagster.stages.itel_payload import with_payloads

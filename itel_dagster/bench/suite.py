@@ -41,7 +41,8 @@ from itel_dagster.devstack.publisher.events import live_records
 from itel_dagster.devstack.publisher.publish import publish_events
 from itel_dagster.kafka.client_config import client_config
 from itel_dagster.settings.paths import PROJECT_ROOT
-from itel_dagster.settings.workers import API_WORKER, TRACKING_WORKER, load_workers
+from itel_dagster.bench.seed_workers import API_WORKER, TRACKING_WORKER
+from itel_dagster.settings.workers import load_workers
 
 SHORT = {TRACKING_WORKER: "tracking", API_WORKER: "api"}
 

@@ -37,7 +37,8 @@ from itel_dagster.metrics.process_memory import peak_rss_mb, reset_peak_rss
 from itel_dagster.sensors.dispatch_plan import KafkaRange, PlannedRange, PlannedRun
 from itel_dagster.sensors.kafka_worker_sensor import partition_key_for, range_run_config, run_tags
 from itel_dagster.settings.paths import config_dir
-from itel_dagster.settings.workers import TRACKING_WORKER, WORKERS_FILE, load_workers
+from itel_dagster.bench.seed_workers import TRACKING_WORKER
+from itel_dagster.settings.workers import WORKERS_FILE, load_workers
 
 
 def padded(value: bytes, record_bytes: int) -> bytes:

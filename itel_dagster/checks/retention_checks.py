@@ -7,8 +7,6 @@ Runs report such a loss as an asset observation partitioned by the UTC day it wa
 
 import dagster as dg
 
-from itel_dagster.assets.itel_api_sends import API_SENDS_ASSET
-from itel_dagster.assets.tracking_table import TRACKING_ASSET
 from itel_dagster.checks.day_results import DayCheckConfig, days_of
 from itel_dagster.ops.retention_loss import LOSS_KEY
 
@@ -34,7 +32,7 @@ def losses_found(instance: dg.DagsterInstance, asset: str, days: list[str]) -> l
         cursor = page.cursor
 
 
-def _check(asset: str) -> dg.AssetChecksDefinition:
+def retention_check(asset: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=asset, name="no_records_lost_to_retention", blocking=False,
         description="No run of the worker found records Kafka deleted (retention) before the "
@@ -55,6 +53,3 @@ def _check(asset: str) -> dg.AssetChecksDefinition:
             metadata={"days": ", ".join(days), "records_lost": lost,
                       "lost_offsets": lines[:config.sample_size]})
     return no_records_lost_to_retention
-
-
-RETENTION_CHECKS = [_check(TRACKING_ASSET), _check(API_SENDS_ASSET)]

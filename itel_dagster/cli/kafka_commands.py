@@ -137,9 +137,9 @@ def status(home: Path | None) -> None:
               help="Partitions of topics it creates (default ITEL_KAFKA_PARTITIONS or 3).")
 def topics(partitions: int | None) -> None:
     """Create the input and the four success/error topics where missing (idempotent)."""
-    from itel_dagster.settings.kafka import bootstrap_servers
+    from itel_dagster.devstack.kafka.broker import configured_or_local_bootstrap_servers
 
     try:
-        _create_topics(bootstrap_servers(), partitions or default_partitions())
+        _create_topics(configured_or_local_bootstrap_servers(), partitions or default_partitions())
     except KafkaSetupError as exc:
         raise click.ClickException(str(exc)) from None

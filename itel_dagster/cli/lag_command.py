@@ -88,7 +88,9 @@ def lag(group, topic, bootstrap_servers, as_json) -> None:
     from confluent_kafka import KafkaException
 
     from itel_dagster.devstack.kafka.classpath import KafkaSetupError
-    from itel_dagster.settings.kafka import bootstrap_servers as configured_servers
+    from itel_dagster.devstack.kafka.broker import (
+        configured_or_local_bootstrap_servers as configured_servers,
+    )
 
     try:
         servers = bootstrap_servers or configured_servers()

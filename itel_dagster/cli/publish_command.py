@@ -75,22 +75,22 @@ def publish(count, rate, bad_fraction, unknown_fraction, days, seed, topic, boot
 
 def _default_bootstrap_servers() -> str:
     # Imported here: the broker module is the dev stack's, and its absence must not break --help.
+    from itel_dagster.devstack.kafka.broker import configured_or_local_bootstrap_servers
     from itel_dagster.devstack.kafka.classpath import KafkaSetupError
-    from itel_dagster.settings.kafka import bootstrap_servers
 
     try:
-        return bootstrap_servers()
+        return configured_or_local_bootstrap_servers()
     except KafkaSetupError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
 def _configured_input_topic() -> str:
-    """The topic both workers consume (ITEL_CONFIG_DIR's workers.yaml), so `up` with a renamed
-    topic publishes where its workers read."""
+    """The topic the workers consume (the first worker's in ITEL_CONFIG_DIR's workers.yaml), so
+    `up` with a renamed topic publishes where its workers read."""
     from itel_dagster.settings.env_yaml import ConfigError
-    from itel_dagster.settings.workers import TRACKING_WORKER, load_workers
+    from itel_dagster.settings.workers import load_workers
 
     try:
-        return load_workers()[TRACKING_WORKER].input_topic
+        return next(iter(load_workers().values())).input_topic
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc

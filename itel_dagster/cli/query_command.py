@@ -16,19 +16,27 @@ from itel_dagster.query import named_queries as named
 from itel_dagster.query.named_queries import QueryError, QueryTables
 from itel_dagster.query.output import FORMATS, render
 from itel_dagster.settings.paths import delta_root, delta_storage_options
-from itel_dagster.settings.workers import TRACKING_WORKER, load_workers
+from itel_dagster.settings.workers import DELTA_WRITE, ITEL_API_SEND, workers_with_final_stage
 
 format_option = click.option(
     "--format", "fmt", type=click.Choice(FORMATS), default=None,
     help="Output: an aligned table [default], CSV, or JSON (a list of objects).")
 
 
+def _table_of(final_stage: str) -> str:
+    """The table of the first worker with this final stage (workers.yaml)."""
+    workers = workers_with_final_stage(final_stage)
+    if not workers:
+        raise QueryError(f"no worker in workers.yaml ends in {final_stage}")
+    return workers[0].table
+
+
 def _run(ctx: click.Context, fmt: str | None,
          build: Callable[[QueryTables], pl.LazyFrame]) -> None:
     try:
         root = ctx.obj["delta_root"] or delta_root()
-        tracking_table = load_workers()[TRACKING_WORKER].delta_table or "itel_cabinet_task_tracking"
-        tables = QueryTables(root, tracking_table, delta_storage_options())
+        tables = QueryTables(root, _table_of(DELTA_WRITE), _table_of(ITEL_API_SEND),
+                             delta_storage_options())
         frame = named.collect(build(tables))
     except (QueryError, ValueError) as exc:
         click.echo(f"error: {exc}", err=True)

@@ -25,7 +25,7 @@ from itel_dagster.sensors.dispatch_state import (
     last_runs,
     partitions_in_flight,
 )
-from itel_dagster.settings.kafka import bootstrap_servers
+from itel_dagster.devstack.kafka.broker import configured_or_local_bootstrap_servers as bootstrap_servers
 from itel_dagster.settings.paths import state_dir
 from itel_dagster.settings.workers import WorkerSettings, load_workers
 from itel_dagster.stages.error_records import error_record_messages

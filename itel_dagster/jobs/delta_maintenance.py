@@ -11,7 +11,6 @@ from datetime import date, datetime, timedelta, timezone
 
 import dagster as dg
 
-from itel_dagster.ops.api_ops import LEDGER_TABLE
 from itel_dagster.resources.delta_maintenance import (
     Retrying,
     checkpoint,
@@ -31,7 +30,7 @@ from itel_dagster.settings.workers import load_workers
 
 # A broken or unsafe delta_maintenance.yaml fails the code location at load, naming the key.
 MAINTENANCE = load_maintenance()
-TABLES = maintained_tables(load_workers(), LEDGER_TABLE)
+TABLES = maintained_tables(load_workers())
 TABLE_TAG = "itel/delta_table"
 # Below the workers' runs (priority 0) in the QueuedRunCoordinator's queue: live runs go first.
 MAINTENANCE_TAGS = {"itel/operation": "delta_maintenance", "dagster/priority": "-1"}

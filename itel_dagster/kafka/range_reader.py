@@ -38,6 +38,7 @@ class RangeRead:
     # below it lost [start, log_start) to retention.
     log_start: int = 0
     value_bytes: int = 0  # bytes of the values read
+    fetches: int = 0  # consume() calls that returned records (at most fetch_records each)
     # Set when the read ended before the range's end: `max_bytes` stopped it, or the log ends
     # there. The first offset not read (the rest of the range stays in Kafka).
     stopped_at: int | None = None
@@ -47,7 +48,7 @@ def read_range(
     bootstrap_servers: str, topic: str, partition: int, start: int, end: int,
     timeout: float = 30.0, stall_seconds: float = READ_STALL_SECONDS,
     max_bytes: int | None = None, first_record_always: bool = True,
-    consumer_settings: dict | None = None,
+    consumer_settings: dict | None = None, fetch_records: int = 10_000,
 ) -> RangeRead:
     """All records with start <= offset < end.
 
@@ -58,7 +59,8 @@ def read_range(
     `stopped_at`. A PARTITION_EOF before `end` stops the read (`stopped_at`) only when the log's
     high watermark is there too; while records exist past it (a stale fetch, a follower behind,
     an open transaction) the read goes on. `consumer_settings`: librdkafka settings added to the
-    reader's own.
+    reader's own. `fetch_records`: records taken from the client per consume() call (a worker's
+    batch_size).
     """
     result = RangeRead(log_start=start)
     if end <= start:
@@ -84,7 +86,7 @@ def read_range(
         last_progress = time.monotonic()
         next_expected = first
         while next_expected < last:
-            messages = consumer.consume(num_messages=min(10_000, last - next_expected),
+            messages = consumer.consume(num_messages=min(fetch_records, last - next_expected),
                                         timeout=min(1.0, stall_seconds))
             if not messages:
                 waited = time.monotonic() - last_progress
@@ -95,6 +97,7 @@ def read_range(
                 continue
             if any(message.error() is None for message in messages):
                 last_progress = time.monotonic()
+                result.fetches += 1
             for message in messages:
                 error = message.error()
                 if error is not None:

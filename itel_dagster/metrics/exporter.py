@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 
 from itel_dagster.metrics.consumer_lag import lag_families
-from itel_dagster.metrics.names import PIPELINE_METRICS, MetricSpec
+from itel_dagster.metrics.names import PIPELINE_METRICS, MetricSpec, initial_series
 from itel_dagster.metrics.recording import INF
 from itel_dagster.metrics.store import MetricsStore, SampleKey, sample_key
 from itel_dagster.state import open_metrics_store
@@ -30,7 +30,7 @@ def _counter(spec: MetricSpec, values: dict[SampleKey, float]) -> CounterMetricF
     family = CounterMetricFamily(spec.name, spec.help, labels=list(spec.labels))
     series = {tuple(v for _, v in labels): value
               for (name, labels), value in values.items() if name == spec.name}
-    for initial in spec.initial:
+    for initial in initial_series(spec):
         series.setdefault(initial, 0.0)
     for label_values, value in sorted(series.items()):
         family.add_metric(list(label_values), value)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from itel_dagster.settings.workers import API_WORKER, TRACKING_WORKER
+from itel_dagster.settings.env_yaml import ConfigError
+from itel_dagster.settings.workers import DELTA_WRITE, ITEL_API_SEND, load_workers
 
 
 @dataclass(frozen=True)
@@ -62,15 +63,27 @@ RECORDS_LOST_TO_RETENTION = MetricSpec(
     "itel_records_lost_to_retention_total", "counter",
     "Kafka records retention deleted before the worker's consumer group handled them (the group's "
     "offsets were then committed past them), by worker.",
-    ("worker",), ((TRACKING_WORKER,), (API_WORKER,)))
+    ("worker",), ())
 
 COMMITS_REFUSED = MetricSpec(
     "itel_commits_refused_total", "counter",
     "Runs that published and committed nothing because the worker's consumer group no longer "
     "stood at the start of their range (another run, a zombie's successor, moved it), by worker.",
-    ("worker",), ((TRACKING_WORKER,), (API_WORKER,)))
+    ("worker",), ())
 
 PIPELINE_METRICS = (TRACKING_MESSAGES, TRACKING_DELTA_WRITES, TRACKING_DELTA_WRITE_ERRORS,
                     API_MESSAGES, API_CALLS, API_ERRORS, API_LATENCY, RECORDS_LOST_TO_RETENTION,
                     COMMITS_REFUSED)
-MESSAGES_PROCESSED = {TRACKING_WORKER: TRACKING_MESSAGES, API_WORKER: API_MESSAGES}
+# The seed's per-worker series, by the worker's final stage.
+MESSAGES_PROCESSED = {DELTA_WRITE: TRACKING_MESSAGES, ITEL_API_SEND: API_MESSAGES}
+
+
+def initial_series(spec: MetricSpec) -> tuple[tuple[str, ...], ...]:
+    """The label values exposed as 0 before anything is recorded: for a metric labelled by
+    worker, each worker of workers.yaml."""
+    if spec.labels != ("worker",):
+        return spec.initial
+    try:
+        return tuple((name,) for name in load_workers())
+    except ConfigError:
+        return ()

@@ -14,7 +14,7 @@ from itel_dagster.metrics.names import (
 )
 from itel_dagster.metrics.recording import MetricBatch
 from itel_dagster.metrics.store import MetricsStore
-from itel_dagster.settings.workers import TRACKING_WORKER, WorkerSettings
+from itel_dagster.settings.workers import DELTA_WRITE, WorkerSettings
 
 if TYPE_CHECKING:
     from itel_dagster.ops.stage_batch import StageBatch
@@ -26,15 +26,15 @@ def record_batch_metrics(settings: WorkerSettings, batch: StageBatch,
                          log: logging.Logger | None = None) -> None:
     """A live run's outcome, once its offsets are committed. Events the open breaker held back
     (not_sent) are not counted: they stay in Kafka and a later run finishes them."""
-    processed = MESSAGES_PROCESSED.get(settings.name)
+    processed = MESSAGES_PROCESSED.get(settings.final_stage)
     if processed is None:
-        return  # a worker the seed names no metrics for
+        return  # a final stage the seed names no metrics for
     metrics = MetricBatch()
     try:
         metrics.inc(processed, batch.rows.height, outcome="succeeded")
         metrics.inc(processed, batch.error_count(), outcome="failed")
         metrics.inc(processed, batch.already_handled, outcome="skipped")
-        if settings.name == TRACKING_WORKER:
+        if settings.final_stage == DELTA_WRITE:
             metrics.inc(TRACKING_DELTA_WRITES, int(batch.counts.get("delta_inserted", 0)))
             metrics.inc(TRACKING_DELTA_WRITE_ERRORS,
                         int(batch.counts.get("failed_stage_delta_write", 0)))

@@ -31,7 +31,6 @@ from itel_dagster.stages.send_ledger import (
 from itel_dagster.stages.tracking_rows import with_partition_columns
 from itel_dagster.worker_logs import worker_logger
 
-LEDGER_TABLE = "itel_api_sends"
 OUTCOME_SCHEMA = {
     "event_id": pl.String, "outcome": pl.String, "status_code": pl.Int32, "attempts": pl.Int32,
     "attempt_log": pl.List(pl.String), "latency_ms": pl.Float64, "response_body": pl.String,
@@ -70,10 +69,10 @@ def skip_already_sent(
     ids = batch.rows["event_id"].to_list()
     recorded = None
     if batch.mode != "live":
-        handled = delta.values_present(LEDGER_TABLE, "event_id", ids, days,
+        handled = delta.values_present(batch.settings.table, "event_id", ids, days,
                                        where=pl.col("outcome") == "accepted")
     else:
-        ledger = delta.rows_present(LEDGER_TABLE, "event_id", ids, days,
+        ledger = delta.rows_present(batch.settings.table, "event_id", ids, days,
                                     ["event_id", *OUTCOME_COLUMNS, *RECORD_COLUMNS])
         handled = set() if ledger is None else set(ledger["event_id"].to_list())
         # A live run's range starts at the group's committed offset: a ledger row of one of its
@@ -147,7 +146,7 @@ def send_to_itel(
         return batch
     to_send, recorded = _split_recorded(batch.rows)
     rows = send_rounds(with_payloads(to_send, itel.payload_template()), itel.round_size())
-    writer = delta.writer(LEDGER_TABLE, key="ledger_key", dedupe_days=settings.dedupe_days)
+    writer = delta.writer(settings.table, key="ledger_key", dedupe_days=settings.dedupe_days)
     reports, outcomes, ledgers, inserted = [], [], [], 0
     for _, round_rows in rows.group_by("send_round", maintain_order=True):
         if reports and reports[-1].skipped_by_breaker:

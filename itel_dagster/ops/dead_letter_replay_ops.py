@@ -6,24 +6,20 @@ record replayed before its outcome (Delta rows, or iTel sends and their ledger r
 """
 
 from datetime import datetime, timezone
-from typing import Literal
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
 from itel_dagster.metrics.pipeline_metrics import record_batch_metrics
-from itel_dagster.assets.itel_api_sends import API_SENDS_ASSET
-from itel_dagster.assets.tracking_table import TRACKING_ASSET
 from itel_dagster.kafka.time_window import OffsetWindow, time_windows
-from itel_dagster.ops.api_ops import LEDGER_TABLE
 from itel_dagster.ops.results_ops import success_messages
 from itel_dagster.ops.shared_stage_ops import STAGE_IO
 from itel_dagster.ops.stage_batch import StageBatch
 from itel_dagster.resources.delta_tables import DeltaTablesResource
 from itel_dagster.resources.kafka import KafkaResource
 from itel_dagster.sensors.dispatch_plan import KafkaRange
-from itel_dagster.settings.workers import API_WORKER, TRACKING_WORKER, load_workers
+from itel_dagster.settings.workers import DELTA_WRITE, FINAL_STAGES, ITEL_API_SEND, load_workers
 from itel_dagster.stages.dead_letters import (
     ORIGINAL,
     REPLAY_TABLE,
@@ -51,8 +47,9 @@ class DeadLetterReplayConfig(dg.Config):
     """Which error records to replay. Without a window, every error record the topic still holds
     and that was not replayed yet."""
 
-    worker: Literal[TRACKING_WORKER, API_WORKER] = Field(
-        description="The worker whose error topic is replayed through its own stages.")
+    worker: str = Field(
+        description="The worker (its name in workers.yaml) whose error topic is replayed through "
+        "its own stages.")
     from_time: str | None = Field(
         None, description="ISO 8601, UTC unless it has an offset (e.g. 2026-05-04T08:00:00Z): "
         "replay error records written at or after this time.")
@@ -112,7 +109,11 @@ def read_dead_letters(
 ):
     """The original records of the chosen error records, as a replay batch, and the chosen error
     records themselves (dead_letters), which the last op marks."""
-    settings = load_workers()[config.worker]
+    workers = load_workers()
+    if config.worker not in workers:
+        raise dg.Failure(f"unknown worker {config.worker!r}; workers.yaml has {sorted(workers)}",
+                         allow_retries=False)
+    settings = workers[config.worker]
     topic = settings.error_topic
     windows = _windows(config, kafka, topic)
     records = []
@@ -156,40 +157,36 @@ def read_dead_letters(
 
 
 @dg.op(
-    out={"tracking": dg.Out(io_manager_key=STAGE_IO, is_required=False),
-         "api": dg.Out(io_manager_key=STAGE_IO, is_required=False)},
+    out={stage: dg.Out(io_manager_key=STAGE_IO, is_required=False) for stage in FINAL_STAGES},
     tags={"stage": "route"},
 )
 def route_to_final_stage(batch: StageBatch):
-    """The tracking worker ends in its Delta table, the API worker in iTel: one branch runs."""
-    if batch.worker == TRACKING_WORKER:
-        yield dg.Output(batch, "tracking")
-    else:
-        yield dg.Output(batch, "api")
+    """The batch goes on to its worker's final stage (workers.yaml `stages`): one branch runs."""
+    yield dg.Output(batch, batch.settings.final_stage)
 
 
-def _accepted_before(delta: DeltaTablesResource, rest: pl.DataFrame) -> pl.DataFrame:
+def _accepted_before(delta: DeltaTablesResource, batch: StageBatch,
+                     rest: pl.DataFrame) -> pl.DataFrame:
     """Of the originals with no outcome in this run, those iTel accepted earlier (skipped by
     skip_already_sent); the others were held back by the circuit breaker."""
     ids = rest["event_id"].drop_nulls().to_list()
     days = with_partition_columns(rest).select("year", "month", "day").unique().rows()
-    accepted = delta.values_present(LEDGER_TABLE, "event_id", ids, days,
+    accepted = delta.values_present(batch.settings.table, "event_id", ids, days,
                                     where=pl.col("outcome") == "accepted")
     return rest.filter(pl.col("event_id").is_in(list(accepted)))
 
 
 def _materializations(batch: StageBatch, succeeded: pl.DataFrame, run_id: str):
     """What the replay changed, per day partition of the asset it touched."""
-    if batch.worker == TRACKING_WORKER:
+    asset = batch.settings.asset
+    if batch.settings.final_stage == DELTA_WRITE:
         if succeeded.is_empty():  # the write op passes an empty batch through untouched
             return
-        asset = TRACKING_ASSET
         counts = succeeded.group_by(pl.col("day_partition").alias("partition")).agg(
             pl.len().alias("rows_replayed"))
     else:
         if batch.ledger is None or batch.ledger.is_empty():
             return
-        asset = API_SENDS_ASSET
         counts = batch.ledger.group_by(
             pl.date("year", "month", "day").cast(pl.String).alias("partition")
         ).agg((pl.col("outcome") == outcome).sum().alias(f"replayed_{outcome}")
@@ -219,7 +216,8 @@ def finish_replay(
                                 how="left")
     outcome_known = pl.concat([succeeded.select(ORIGINAL), errors.select(ORIGINAL)])
     rest = replayed_from.join(outcome_known, on=ORIGINAL, how="anti")
-    done_before = _accepted_before(delta, rest) if batch.worker == API_WORKER else rest.clear()
+    done_before = (_accepted_before(delta, batch, rest)
+                   if batch.settings.final_stage == ITEL_API_SEND else rest.clear())
     not_sent = batch.counts.get("not_sent", 0)
     handled = succeeded.height + errors.height + batch.already_handled + not_sent
     if handled != batch.counts.get("read", 0) or done_before.height != batch.already_handled:

@@ -17,13 +17,14 @@ from itel_dagster.resources.claimx_api import ClaimxApiResource
 from itel_dagster.resources.kafka import KafkaResource
 from itel_dagster.sensors.dispatch_plan import KafkaRange
 from itel_dagster.stages.enrich import apply_lookups
+from itel_dagster.stages.no_enrichment import not_enriched
 from itel_dagster.stages.error_records import error_records
 from itel_dagster.stages.poison import poison_records
 from itel_dagster.stages.raw_batch import raw_batch_from_records
 from itel_dagster.stages.transform import transform
 from itel_dagster.stages.validate import validate
 from itel_dagster.kafka.day_window import day_bounds_ms
-from itel_dagster.settings.workers import API_WORKER, TRACKING_WORKER, load_workers
+from itel_dagster.settings.workers import load_workers, worker_of_asset
 from itel_dagster.worker_logs import worker_logger
 
 STAGE_IO = "stage_io_manager"  # in memory: batches never leave the run process
@@ -79,10 +80,6 @@ class KafkaRangeConfig(dg.Config):
 
 BACKFILL_READ_CHUNK = 20_000  # records held at once beyond the day's own
 
-# Which worker a run without a Kafka range works for: the asset it materializes says.
-ASSET_WORKERS = {"itel_cabinet_task_tracking": TRACKING_WORKER, "itel_api_sends": API_WORKER}
-
-
 def _retry_policy() -> dg.RetryPolicy:
     # Transient I/O (broker restart, network blip) is retried in the op; content errors never
     # raise. Run retries (workers.yaml retry_policy) cover the process dying.
@@ -95,7 +92,7 @@ def _read_micro_batch(config: KafkaRangeConfig, kafka: KafkaResource) -> StageBa
         raise dg.Failure(f"unknown worker {config.worker!r}; workers.yaml has {sorted(load_workers())}")
     settings = load_workers()[config.worker]
     kafka_ranges = config.kafka_ranges()
-    records, missing, value_bytes = [], 0, 0
+    records, missing, value_bytes, fetches = [], 0, 0, 0
     # partition -> first offset not read, where max_bytes_per_run or the log's end stopped a read.
     read_until: dict[int, int] = {}
     # partition -> the first offset the run could read (above the range's start: retention).
@@ -109,7 +106,7 @@ def _read_micro_batch(config: KafkaRangeConfig, kafka: KafkaResource) -> StageBa
             continue
         read = kafka.read_range(r.topic, r.partition, r.start, r.end,
                                 stall_seconds=settings.read_stall_seconds, max_bytes=budget,
-                                first_record_always=not records)
+                                first_record_always=not records, fetch_records=settings.batch_size)
         first_readable[r.partition] = max(r.start, read.log_start)
         # A range at the log start may begin where the sensor found the group below it.
         maybe_lost = maybe_lost or r.start <= read.log_start
@@ -123,6 +120,7 @@ def _read_micro_batch(config: KafkaRangeConfig, kafka: KafkaResource) -> StageBa
         records.extend(read.records)
         value_bytes += read.value_bytes
         missing += read.missing_offsets
+        fetches += read.fetches
     lost = ()
     if maybe_lost:
         committed = {p.partition: p.committed
@@ -138,7 +136,7 @@ def _read_micro_batch(config: KafkaRangeConfig, kafka: KafkaResource) -> StageBa
         kafka_ranges=kafka_ranges,
         rows=raw_batch_from_records(records),
         missing_offsets=missing,
-        counts={"read": len(records), "read_bytes": value_bytes},
+        counts={"read": len(records), "read_bytes": value_bytes, "kafka_fetches": fetches},
         read_until=read_until or None,
         lost_to_retention=lost,
     )
@@ -146,11 +144,13 @@ def _read_micro_batch(config: KafkaRangeConfig, kafka: KafkaResource) -> StageBa
 
 def _read_days(context: dg.OpExecutionContext, kafka: KafkaResource) -> StageBatch:
     """A backfill run: every record Kafka holds of the run's day partition(s)."""
+    # Which worker a run without a Kafka range works for: the asset it materializes says.
     asset = context.assets_def.key.to_user_string() if context.has_assets_def else None
-    if asset not in ASSET_WORKERS or not context.has_partitions:
+    settings = worker_of_asset(asset) if asset else None
+    if settings is None or not context.has_partitions:
+        assets = sorted(w.asset for w in load_workers().values())
         raise dg.Failure("without a Kafka range in its config, read_kafka_range rebuilds day "
-                         f"partitions of {sorted(ASSET_WORKERS)}: launch it for partitions")
-    settings = load_workers()[ASSET_WORKERS[asset]]
+                         f"partitions of {assets}: launch it for partitions")
     records, missing, windows = [], 0, {}
     for key in context.partition_keys:
         day = date.fromisoformat(key)
@@ -227,6 +227,13 @@ def validate_events(context: dg.OpExecutionContext, batch: StageBatch) -> StageB
         valid=result.valid.height,
         invalid=result.errors.height,
     )
+
+
+@dg.op(out=dg.Out(io_manager_key=STAGE_IO), tags={"stage": "claimx_lookup"})
+def skip_claimx_lookup(context: dg.OpExecutionContext, batch: StageBatch) -> StageBatch:
+    """For a worker whose stages leave out claimx_lookup: no ClaimX request, no task details."""
+    context.add_output_metadata({"claimx_requests": 0})
+    return batch.next(not_enriched(batch.rows), claimx_requests=0)
 
 
 @dg.op(out=dg.Out(io_manager_key=STAGE_IO), retry_policy=_retry_policy(),

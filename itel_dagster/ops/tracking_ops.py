@@ -13,17 +13,9 @@ from itel_dagster.crash_points import crash_point
 from itel_dagster.ops.shared_stage_ops import STAGE_IO
 from itel_dagster.ops.stage_batch import StageBatch
 from itel_dagster.resources.delta_tables import DeltaTablesResource
-from itel_dagster.settings.workers import TRACKING_WORKER, load_workers
 from itel_dagster.stages.error_records import stage_failures
 from itel_dagster.stages.tracking_rows import tracking_rows, with_partition_columns
 from itel_dagster.worker_logs import worker_logger
-
-_retry = load_workers()[TRACKING_WORKER].retry_policy
-WRITE_RETRY_POLICY = dg.RetryPolicy(
-    max_retries=_retry.op_max_retries, delay=_retry.op_delay_seconds,
-    backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS,
-)
-
 
 def _success_frame(enriched: pl.DataFrame, table_uri: str, version: int) -> pl.DataFrame:
     """One success record per written event: event_id, its day partition, the table version."""
@@ -36,14 +28,13 @@ def _success_frame(enriched: pl.DataFrame, table_uri: str, version: int) -> pl.D
     )
 
 
-@dg.op(out=dg.Out(io_manager_key=STAGE_IO), tags={"stage": "delta_write"},
-       retry_policy=WRITE_RETRY_POLICY)
+# The worker's op retry policy (workers.yaml retry_policy) is set where its graph is built.
+@dg.op(out=dg.Out(io_manager_key=STAGE_IO), tags={"stage": "delta_write"})
 def write_tracking_rows(
     context: dg.OpExecutionContext, batch: StageBatch, delta: DeltaTablesResource
 ) -> StageBatch:
     settings = batch.settings
-    writer = delta.writer(settings.delta_table or "itel_cabinet_task_tracking",
-                          dedupe_days=settings.dedupe_days)
+    writer = delta.writer(settings.table, dedupe_days=settings.dedupe_days)
     # An event read twice in this run (a producer retry): one row, one success record; the
     # later copies count as already handled (duplicates_in_run in the run's metadata).
     batch = batch.without_duplicate_deliveries()
@@ -58,7 +49,7 @@ def write_tracking_rows(
     except Exception as exc:
         problem = f"{type(exc).__name__}: {exc}"
         log = worker_logger(settings)
-        if context.retry_number < WRITE_RETRY_POLICY.max_retries:
+        if context.retry_number < settings.retry_policy.op_max_retries:
             log.warning("Delta write of %s failed (attempt %d): %s",
                         batch.source, context.retry_number + 1, problem)
             raise

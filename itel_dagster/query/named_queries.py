@@ -15,7 +15,6 @@ import polars as pl
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 
-LEDGER_TABLE = "itel_api_sends"  # ops/api_ops.py writes it; not imported to keep dagster out
 OUTCOMES = ("accepted", "rejected", "dead_lettered")
 EVENT_ORDER = ["event_timestamp", "kafka_partition", "kafka_offset"]
 PARTITION_DAY = pl.date(pl.col("year"), pl.col("month"), pl.col("day"))
@@ -28,10 +27,10 @@ class QueryError(Exception):
 class QueryTables:
     """The Delta tables under one root, by short name."""
 
-    def __init__(self, root: str, tracking_table: str,
+    def __init__(self, root: str, tracking_table: str, sends_table: str,
                  storage_options: dict[str, str] | None = None):
         self.uris = {"tracking": f"{root.rstrip('/')}/{tracking_table}",
-                     "sends": f"{root.rstrip('/')}/{LEDGER_TABLE}"}
+                     "sends": f"{root.rstrip('/')}/{sends_table}"}
         self.storage_options = storage_options
 
     def exists(self, name: str) -> bool:

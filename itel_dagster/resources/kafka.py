@@ -35,11 +35,12 @@ class KafkaResource(dg.ConfigurableResource):
 
     def read_range(self, topic: str, partition: int, start: int, end: int,
                    stall_seconds: float = READ_STALL_SECONDS, max_bytes: int | None = None,
-                   first_record_always: bool = True) -> RangeRead:
+                   first_record_always: bool = True, fetch_records: int = 10_000) -> RangeRead:
         with _refusal_fails_the_step():
             return read_range(self.servers(), topic, partition, start, end,
                               stall_seconds=stall_seconds, max_bytes=max_bytes,
-                              first_record_always=first_record_always)
+                              first_record_always=first_record_always,
+                              fetch_records=fetch_records)
 
     def results_producer(self, client_id: str) -> ResultsProducer:
         with _refusal_fails_the_step():

@@ -21,7 +21,8 @@ from itel_dagster.sensors.lag_observation import lag_observation, worth_recordin
 from itel_dagster.sensors.run_range_tags import range_tags
 from itel_dagster.sensors.sensor_instance import sensor_instance
 from itel_dagster.settings.kafka import bootstrap_servers
-from itel_dagster.settings.workers import WorkerSettings
+from itel_dagster.settings.env_yaml import ConfigError
+from itel_dagster.settings.workers import WorkerSettings, load_workers
 
 # Each poll reads the run storage (about 10 ms of CPU on SQLite).
 IN_FLIGHT_POLL_SECONDS = 0.5
@@ -65,6 +66,24 @@ def run_tags(worker: WorkerSettings, planned: PlannedRun) -> dict[str, str]:
     }
 
 
+def settings_changed(worker: WorkerSettings) -> str | None:
+    """Why the sensor must not dispatch: workers.yaml no longer says what the code location was
+    built from. Runs read the file when they start, so dispatching now would run them with other
+    settings than the sensor's; a code location reload applies the edit to both at once."""
+    try:
+        current = load_workers().get(worker.name)
+    except ConfigError as exc:
+        return f"workers.yaml cannot be read ({exc}); no runs until it is fixed and reloaded"
+    if current == worker:
+        return None
+    return ("workers.yaml changed since the code location loaded; reload the code location "
+            "(Deployment > Reload, or restart dagster dev) to apply it to this sensor and its runs")
+
+
+def sensor_name(worker: WorkerSettings) -> str:
+    return f"{worker.name.removesuffix('_worker')}_sensor"
+
+
 def build_kafka_worker_sensor(
     worker: WorkerSettings,
     job,  # the worker's asset job
@@ -73,10 +92,8 @@ def build_kafka_worker_sensor(
     gate: Callable[[], str | None] | None = None,
 ) -> dg.SensorDefinition:
     """gate() -> a reason to start no runs this tick (e.g. an open circuit breaker), or None."""
-    sensor_name = f"{worker.name.removesuffix('_worker')}_sensor"
-
     @dg.sensor(
-        name=sensor_name,
+        name=sensor_name(worker),
         job=job,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
@@ -85,6 +102,9 @@ def build_kafka_worker_sensor(
         f"{worker.max_records_per_run} records).",
     )
     def kafka_worker_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        changed = settings_changed(worker)
+        if changed:
+            return dg.SensorResult(skip_reason=changed, cursor=context.cursor)
         servers = bootstrap_servers()
         instance = sensor_instance(context)
         topic = worker.input_topic

@@ -28,7 +28,7 @@ from itel_dagster.settings.alerts import AlertSettings, load_alert_settings
 from itel_dagster.settings.connections import load_itel_connection
 from itel_dagster.settings.env_yaml import ConfigError
 from itel_dagster.settings.kafka import bootstrap_servers
-from itel_dagster.settings.workers import API_WORKER, load_workers
+from itel_dagster.settings.workers import ITEL_API_SEND, load_workers, workers_with_final_stage
 
 SENSOR_NAME = "itel_operations_alerts"
 INTERVAL_SECONDS = 30
@@ -50,15 +50,17 @@ def breaker_alerts(settings: AlertSettings, cursor: AlertCursor) -> tuple[list[A
     except ConfigError:
         return [], ["breaker: iTel connection not configured"]
     state = breaker_for(itel).state()
+    # The breaker guards every worker that sends to iTel.
+    senders = ", ".join(w.name for w in workers_with_final_stage(ITEL_API_SEND)) or "iTel"
     alerts = []
     for event in breaker_events(cursor, state.state == BREAKER_CLOSED, state.opened_count):
         if event == OPENED:
             alerts.append(breaker_open_alert(
                 consecutive_failures=state.consecutive_failures, opened_at=_utc(state.opened_at),
                 reopens_at=until_text(state.reopens_at), openings_total=state.opened_count,
-                worker=API_WORKER, ui_base_url=settings.ui_base_url, cause=state.cause))
+                worker=senders, ui_base_url=settings.ui_base_url, cause=state.cause))
         elif event == CLOSED and settings.circuit_breaker.notify_recovered:
-            alerts.append(breaker_closed_alert(worker=API_WORKER, ui_base_url=settings.ui_base_url))
+            alerts.append(breaker_closed_alert(worker=senders, ui_base_url=settings.ui_base_url))
     return alerts, [f"breaker {state.state}"]
 
 

@@ -11,20 +11,19 @@ from itel_dagster.alerts.messages import run_failure_alert, short_error, user_er
 from itel_dagster.alerts.webhook import Delivery, post_alert
 from itel_dagster.settings.alerts import load_alert_settings
 from itel_dagster.settings.env_yaml import ConfigError
-from itel_dagster.settings.workers import load_workers
+from itel_dagster.settings.workers import worker_of_job as _settings_of_job
 
 ALERT_TAG = "itel/alert"
 SENSOR_NAME = "itel_run_failure_alerts"
 
 
 def worker_of_job(job_name: str) -> str | None:
-    """itel_cabinet_tracking_job -> itel_cabinet_tracking_worker, for runs without itel tags."""
+    """The worker whose live job (workers.yaml `job`) this is, for runs without itel tags."""
     try:
-        workers = load_workers()
+        settings = _settings_of_job(job_name)
     except ConfigError:
         return None
-    guess = job_name.removesuffix("_job") + "_worker"
-    return guess if guess in workers else None
+    return settings.name if settings is not None else None
 
 
 def step_errors(context: dg.RunFailureSensorContext) -> list[tuple[str, str]]:

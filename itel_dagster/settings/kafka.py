@@ -72,7 +72,8 @@ def client_settings(bootstrap_servers: str | None = None,
 
 
 def bootstrap_servers() -> str:
-    """KAFKA_BOOTSTRAP_SERVERS, else the running local broker's address, else a clear error."""
+    """KAFKA_BOOTSTRAP_SERVERS, else an error that names it. The pipeline never guesses a
+    cluster: the local stack (`itel-dagster up`) sets the variable for what it starts."""
     return bootstrap_servers_from(os.environ)
 
 
@@ -80,9 +81,8 @@ def bootstrap_servers_from(env: Mapping[str, str]) -> str:
     configured = env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
     if configured:
         return configured
-    from itel_dagster.devstack.kafka.broker import local_bootstrap_servers
-
-    return local_bootstrap_servers()
+    raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is not set: set it to the cluster's "
+                      "host:port list (for a local broker, `itel-dagster kafka start` prints it)")
 
 
 def default_partitions() -> int:

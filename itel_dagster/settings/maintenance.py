@@ -74,7 +74,6 @@ def load_maintenance(env=None, workers: dict[str, WorkerSettings] | None = None
     return check_retention(settings, workers or load_workers(env), str(path))
 
 
-def maintained_tables(workers: dict[str, WorkerSettings], ledger_table: str) -> list[str]:
-    """The tables the workers write: each worker's delta_table, and the send ledger."""
-    tables = [w.delta_table for w in workers.values() if w.delta_table]
-    return [*dict.fromkeys([*tables, ledger_table])]
+def maintained_tables(workers: dict[str, WorkerSettings]) -> list[str]:
+    """The tables the workers write: each worker's Delta table or send ledger, each once."""
+    return [*dict.fromkeys(w.table for w in workers.values())]

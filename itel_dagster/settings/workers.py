@@ -1,10 +1,13 @@
-"""Typed settings of the two workers, read from config/plugins/itel_cabinet_api/workers.yaml.
+"""Typed settings of the workers, read from config/plugins/itel_cabinet_api/workers.yaml.
 
-The workers differ only in what this file holds and in their final stage.
+A worker is its settings plus its final stage (the last entry of `stages`); the worker factory
+(workers/factory.py) builds its asset, job, sensor and checks from them. No worker name is
+written anywhere else: code finds a worker by its final stage, asset or job.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -13,8 +16,29 @@ from itel_dagster.settings.env_yaml import load_yaml, parse_model
 from itel_dagster.settings.paths import config_dir
 
 WORKERS_FILE = "plugins/itel_cabinet_api/workers.yaml"
-TRACKING_WORKER = "itel_cabinet_tracking_worker"
-API_WORKER = "itel_cabinet_api_worker"
+# The stages every worker shares, in their order; claimx_lookup may be left out (no enrichment).
+SHARED_STAGES = ("transform", "validate", "claimx_lookup")
+# A worker's last stage says what it does with the events: write them to its Delta table, or
+# send them to the iTel Cabinet API (recording each send in its ledger table).
+DELTA_WRITE = "delta_write"
+ITEL_API_SEND = "itel_api_send"
+# ... or publish them to a Kafka topic (the plugin trigger: ClaimX task events -> the seed's
+# events on the iTel topic, recording each forwarded event in its ledger table).
+KAFKA_PUBLISH = "kafka_publish"
+FINAL_STAGES = (DELTA_WRITE, ITEL_API_SEND, KAFKA_PUBLISH)
+# Final stage -> (the stages that may precede it, in their order; those of them required).
+STAGES_BEFORE = {
+    DELTA_WRITE: (SHARED_STAGES, SHARED_STAGES[:2]),
+    ITEL_API_SEND: (SHARED_STAGES, SHARED_STAGES[:2]),
+    KAFKA_PUBLISH: (("transform", "select_task_events"), ("transform", "select_task_events")),
+}
+
+
+def _spelled(allowed: tuple[str, ...], required: tuple[str, ...]) -> str:
+    optional = [s for s in allowed if s not in required]
+    if optional:
+        return f"{', '.join(required)} and optionally {' and '.join(optional)}"
+    return " and ".join([", ".join(required[:-1]), required[-1]] if len(required) > 1 else required)
 
 
 class _Strict(BaseModel):
@@ -26,6 +50,14 @@ class RetryPolicySettings(_Strict):
     op_delay_seconds: float = Field(1.0, ge=0)
     run_max_retries: int = Field(1, ge=0)
     run_retry_strategy: Literal["ALL_STEPS", "FROM_FAILURE"] = "ALL_STEPS"
+
+
+class TaskEventSelection(_Strict):
+    # The lifecycle changes (the event's task_status) forwarded; other changes are skipped.
+    lifecycle_statuses: list[str] = Field(
+        default_factory=lambda: ["assigned", "in_progress", "completed"], min_length=1)
+    # The seed event's trigger_name.
+    trigger_name: str = "iTel Cabinet Task Tracking"
 
 
 class WorkerSettings(_Strict):
@@ -65,6 +97,11 @@ class WorkerSettings(_Strict):
     log_file: str
     priority: Literal["primary", "secondary"]
     stages: list[str]
+    # The worker's asset (its Delta table, or its send ledger), its UI group, and its live job.
+    asset: str
+    asset_group: str
+    job: str
+    description: str = ""
     expected_task_id: int = 32513
     # An error record keeps at most this many bytes of the original payload (as its JSON spells
     # it); a longer one is cut, with the original's size and SHA-256 (docs/bad-input.md).
@@ -73,8 +110,15 @@ class WorkerSettings(_Strict):
     # Dedupe looks for an event_id in its record's UTC day and this many days before, so a copy
     # redelivered across midnight is still found (0: the record's own day only).
     dedupe_days: int = Field(1, ge=0, le=31)
+    # Within those days, dedupe reads only rows written at most this long before the batch's oldest
+    # Kafka timestamp (docs/delta-maintenance.md): a copy of the same record is always found, a
+    # copy published again later (a new Kafka timestamp) only within this window.
+    dedupe_window_hours: float = Field(1.0, gt=0, le=744)
     delta_table: str | None = None
     column_mapping: dict[str, str] | None = None
+    # The select_task_events stage (the trigger): which ClaimX task events of expected_task_id
+    # become the seed's events.
+    task_events: TaskEventSelection = TaskEventSelection()
 
     @model_validator(mode="after")
     def _run_holds_whole_batches(self):
@@ -82,18 +126,76 @@ class WorkerSettings(_Strict):
             raise ValueError("max_records_per_run must be at least batch_size")
         return self
 
+    @model_validator(mode="after")
+    def _known_stages(self):
+        *shared, final = self.stages or ["?"]
+        if final not in FINAL_STAGES:
+            raise ValueError(f"stages must end with one final stage of {list(FINAL_STAGES)}, "
+                             f"got {self.stages}")
+        allowed, required = STAGES_BEFORE[final]
+        if shared != [s for s in allowed if s in shared] or not set(required) <= set(shared):
+            raise ValueError(f"stages before {final} must be {_spelled(allowed, required)}, "
+                             f"in that order; got {shared}")
+        return self
+
+    @property
+    def final_stage(self) -> str:
+        return self.stages[-1]
+
+    @property
+    def table(self) -> str:
+        """The Delta table the final stage writes: the tracking table, or the send ledger."""
+        return self.delta_table or self.asset
+
 
 class WorkersFile(_Strict):
     workers: dict[str, WorkerSettings]
 
     @model_validator(mode="after")
-    def _both_workers(self):
-        missing = {TRACKING_WORKER, API_WORKER} - set(self.workers)
-        if missing:
-            raise ValueError(f"workers {sorted(missing)} are not defined")
+    def _distinct_workers(self):
+        if not self.workers:
+            raise ValueError("no worker is defined")
+        for key, worker in self.workers.items():
+            if worker.name != key:
+                raise ValueError(f"worker {key!r} has name {worker.name!r}: they must match")
+        for field in ("asset", "job", "consumer_group"):
+            values = [getattr(w, field) for w in self.workers.values()]
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                raise ValueError(f"two workers share {field} {repeated}: each needs its own")
         return self
 
 
+# (file, its mtime and size, the environment it was expanded with) -> the parsed workers: the
+# file is read once per process, and again only after it changed.
+_loaded: dict[tuple, dict[str, WorkerSettings]] = {}
+
+
 def load_workers(env=None) -> dict[str, WorkerSettings]:
-    document = load_yaml(config_dir() / WORKERS_FILE, env)
-    return parse_model(WorkersFile, document).workers
+    path = config_dir() / WORKERS_FILE
+    try:
+        stat = path.stat()
+        key = (str(path), stat.st_mtime_ns, stat.st_size,
+               tuple(sorted((env if env is not None else os.environ).items())))
+    except OSError:
+        key = None  # load_yaml says the file is missing, with its path
+    if key is None or key not in _loaded:
+        document = load_yaml(path, env)
+        workers = parse_model(WorkersFile, document).workers
+        if key is None:
+            return workers
+        _loaded.clear()
+        _loaded[key] = workers
+    return _loaded[key]
+
+
+def workers_with_final_stage(final_stage: str) -> list[WorkerSettings]:
+    return [w for w in load_workers().values() if w.final_stage == final_stage]
+
+
+def worker_of_asset(asset: str) -> WorkerSettings | None:
+    return next((w for w in load_workers().values() if w.asset == asset), None)
+
+
+def worker_of_job(job: str) -> WorkerSettings | None:
+    return next((w for w in load_workers().values() if w.job == job), None)

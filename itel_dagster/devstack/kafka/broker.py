@@ -399,6 +399,12 @@ def _reap(pid: int) -> None:
         pass
 
 
+def configured_or_local_bootstrap_servers() -> str:
+    """For the developer commands (publish, topics, skip, replay): KAFKA_BOOTSTRAP_SERVERS, else
+    the running local broker. The pipeline itself only takes the variable."""
+    return os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip() or local_bootstrap_servers()
+
+
 def local_bootstrap_servers() -> str:
     """The address of the running local broker (default home), or a clear error."""
     status = LocalKafkaBroker().status()
