@@ -20,6 +20,7 @@ import httpx
 import yaml
 
 from itel_dagster.devstack.kafka.broker import LocalKafkaBroker, free_port
+from itel_dagster.settings.kafka import ENV_SETTINGS
 from itel_dagster.devstack.kafka.topics import ensure_topics, pipeline_topics
 from itel_dagster.devstack.stack import CLAIMX_DEV_TOKEN, ITEL_DEV_TOKEN
 from itel_dagster.settings.paths import PROJECT_ROOT
@@ -40,6 +41,8 @@ class StackChoices:
     send_round_size: int | None = None  # None: app.itel.yaml's
     # A broker of its own even when KAFKA_BOOTSTRAP_SERVERS names one: one it may kill.
     own_broker: bool = False
+    # Its own broker with a SASL_SSL listener (SCRAM-SHA-512 over TLS); every client connects so.
+    secure_broker: bool = False
     dagster_yaml: Path = PROJECT_ROOT / "dagster.yaml"
 
 
@@ -69,7 +72,12 @@ class BenchStack:
 
     def env(self) -> dict[str, str]:
         """The variables every part of the pipeline reads, pointing at this stack."""
+        # Its own broker's listener decides the client's security settings (empty: unset, whatever
+        # ran before); with KAFKA_BOOTSTRAP_SERVERS's cluster, the caller's KAFKA_* stay.
+        secure = {} if self._broker is None else self._broker.client_env() if self._broker.secure \
+            else {name: "" for name in ENV_SETTINGS}
         return {
+            **secure,
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "CLAIMX_API_BASE_URL": self.claimx_url,
             "CLAIMX_API_TOKEN": CLAIMX_DEV_TOKEN,
@@ -82,10 +90,11 @@ class BenchStack:
 
     def start(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
-        self.bootstrap = "" if self.choices.own_broker else \
-            os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+        own = self.choices.own_broker or self.choices.secure_broker
+        self.bootstrap = "" if own else os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
         if not self.bootstrap:
-            self._broker = LocalKafkaBroker(self.work / "kafka", port=0, partitions=PARTITIONS)
+            self._broker = LocalKafkaBroker(self.work / "kafka", port=0, partitions=PARTITIONS,
+                                            secure=self.choices.secure_broker)
             status = self._broker.start()
             self.bootstrap, self._broker_pid = status.bootstrap_servers, status.pid
         self.claimx_url = self._start_simulator("claimx")
