@@ -35,7 +35,9 @@ def test_quick_steady_bench_reports_both_tables_at_each_size(tmp_path):
             for figure in SIZE_FIGURES:
                 assert isinstance(figures[figure], (int, float)) and figures[figure] >= 0, (
                     name, size, figure)
-            assert figures["files_after_compaction"] == 1, (name, size)  # a few KB a day
+            # An open day is compacted by 15-minute buckets of write time; the files of its last
+            # minute (12 runs at one per 5 s) stay: at most 2 buckets + 12 files in 5 minutes.
+            assert figures["files_after_compaction"] <= 2 + 12, (name, size)
         # Each append is one commit: the log grows with the partition.
         assert sizes["60"]["delta_log"]["entries"] > sizes["1"]["delta_log"]["entries"] + 50
         assert sizes["60"]["lifecycle_read"]["rows"] == sizes["60"]["lifecycle_read_compacted"][

@@ -16,6 +16,7 @@ one assignment's lifecycle read over the 30 days.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -33,8 +34,13 @@ from deltalake.transaction import AddAction
 from itel_dagster.bench.report import machine
 from itel_dagster.bench.work_dir import WORK_DIR_HELP, bench_work_dir
 from itel_dagster.devstack import claimx_world as world
-from itel_dagster.resources.delta_maintenance import checkpoint, compact_day, day_file_count
-from itel_dagster.resources.delta_tables import PARTITION_COLUMNS, DeltaTableWriter
+from itel_dagster.resources.delta_maintenance import (
+    checkpoint,
+    compact_day,
+    compact_open_day,
+    day_file_count,
+)
+from itel_dagster.resources.delta_tables import PARTITION_COLUMNS, DeltaTableWriter, dedupe_since
 from itel_dagster.settings.connections import load_itel_connection
 from itel_dagster.settings.maintenance import load_maintenance
 from itel_dagster.bench.seed_workers import TRACKING_WORKER
@@ -66,13 +72,19 @@ def enriched_pool(events: int) -> pl.DataFrame:
     return apply_lookups(valid, lookups)
 
 
+RUN_SECONDS = 5  # a run every ~5 s: 17,280 runs a day
+
+
 class RunRows:
     """One run's rows for one day of each table: `size` events of the pool, with new event_ids,
-    Kafka offsets and timestamps within the day."""
+    Kafka offsets, and a Kafka timestamp RUN_SECONDS after the day's previous run (written 2 s
+    later: ingested_at, sent_at 3 s later), so files follow each other in time as runs write them."""
 
     def __init__(self, pool: pl.DataFrame):
         self.pool = pool
         self.run = 0
+        self.runs_of_day: dict[date, int] = {}
+        self.last_timestamp: datetime | None = None  # the Kafka timestamp of the last run's events
         self.mapping = load_workers()[TRACKING_WORKER].column_mapping or {}
         # The payload template only: no request is made, so any endpoint and token will do.
         env = {"ITEL_CABINET_API_BASE_URL": "http://127.0.0.1:9",
@@ -83,12 +95,16 @@ class RunRows:
         self.run += 1
         start = (self.run * size) % (self.pool.height - size)
         midnight = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+        self.runs_of_day[day] = self.runs_of_day.get(day, 0) + 1
+        self.last_timestamp = midnight + timedelta(
+            seconds=(self.runs_of_day[day] * RUN_SECONDS) % 86_400)
         offsets = pl.int_range(pl.len()) + self.run * size
         return self.pool.slice(start, size).with_columns(
             pl.format("evt-{}-{}", pl.lit(self.run), pl.int_range(pl.len())).alias("event_id"),
             offsets.alias("kafka_offset"),
-            (pl.lit(midnight) + pl.duration(seconds=(self.run % 86_000))).dt.cast_time_unit("ms")
-            .alias("kafka_timestamp"),
+            pl.lit(self.last_timestamp).dt.cast_time_unit("ms").alias("kafka_timestamp"),
+            pl.lit(self.last_timestamp + timedelta(seconds=2)).dt.cast_time_unit("us")
+            .alias("ingested_at"),
         )
 
     def rows(self, table: str, size: int, day: date) -> pl.DataFrame:
@@ -100,7 +116,7 @@ class RunRows:
             pl.lit(1).alias("attempts"), pl.lit(["HTTP 201 in 41 ms"]).alias("attempt_log"),
             pl.lit(41.0).alias("latency_ms"), pl.lit('{"status":"ok"}').alias("response_body"),
             pl.format("ITEL-{}", pl.col("event_id")).alias("itel_id"),
-            pl.lit(datetime.now(timezone.utc)).alias("sent_at"))
+            (pl.col("ingested_at") + pl.duration(seconds=1)).alias("sent_at"))
         return ledger_rows(sent, run_id=f"bench-run-{self.run}")
 
 
@@ -169,16 +185,27 @@ class Table:
         self._table = DeltaTable(self.uri)
 
 
-def per_run_ms(uri: str, table: str, rows: RunRows, merge_rows: int, repeats: int) -> float:
-    """Median wall time of a run's Delta write: the writer a run makes, and its MERGE (after one
-    untimed run, so that no size pays for the first use of this table's files)."""
-    timings = []
+@functools.cache
+def dedupe_window_hours() -> float:
+    """Read once: a bench of half an hour must not see workers.yaml change under it."""
+    return load_workers()[TRACKING_WORKER].dedupe_window_hours
+
+
+def per_run_ms(uri: str, table: str, rows: RunRows, merge_rows: int, repeats: int
+               ) -> tuple[float, int]:
+    """Median wall time of a run's Delta write: the writer a run makes, and its MERGE within the
+    dedupe window (after one untimed run, so that no size pays for the first use of this table's
+    files); and the files the last MERGE read (delta-rs num_target_files_scanned)."""
+    timings, scanned = [], 0
     for _ in range(repeats + 1):
         batch = rows.rows(table, merge_rows, TODAY)
+        since = dedupe_since(pl.Series([rows.last_timestamp]), dedupe_window_hours())
         began = time.perf_counter()
-        DeltaTableWriter(uri, key=TABLES[table], dedupe_days=1).merge_new_rows(batch)
+        writer = DeltaTableWriter(uri, key=TABLES[table], dedupe_days=1)
+        writer.merge_new_rows(batch, since=since)
         timings.append((time.perf_counter() - began) * 1000)
-    return round(statistics.median(timings[1:]), 1)
+        scanned = int(writer.last_merge_metrics.get("num_target_files_scanned", -1))
+    return round(statistics.median(timings[1:]), 1), scanned
 
 
 def log_size(uri: str) -> dict[str, int]:
@@ -218,27 +245,30 @@ def measure_size(work: Path, table: Table, files: int, args, target_size: int,
                  compact_min_files: int) -> dict:
     """Today at `files` small files: the run's write without maintenance, then on a copy of
     the table compacted and checkpointed, and with compact_min_files more small files."""
-    figures = {"no_maintenance_ms": per_run_ms(table.uri, table.name, table.rows,
-                                               args.merge_rows, args.repeats),
-               "delta_log": log_size(table.uri),
+    no_maintenance = per_run_ms(table.uri, table.name, table.rows, args.merge_rows, args.repeats)
+    figures = {"no_maintenance_ms": no_maintenance[0],
+               "no_maintenance_files_read": no_maintenance[1], "delta_log": log_size(table.uri),
                "lifecycle_read": lifecycle_read_ms(table.uri)}
     copy = str(work / f"{table.name}-maintained")
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(table.uri, copy)
     began = time.perf_counter()
-    compacted = compact_day(DeltaTable(copy), TODAY, target_size)
+    # As the compaction job does for a day live runs still write, at the bench's clock.
+    now = table.rows.last_timestamp + timedelta(seconds=RUN_SECONDS)
+    compacted = compact_open_day(DeltaTable(copy), TODAY, now, target_size)
     checkpoint(DeltaTable(copy))
+    seconds = round(time.perf_counter() - began, 2)
+    after = per_run_ms(copy, table.name, table.rows, args.merge_rows, args.repeats)
     figures.update({
-        "compaction_seconds": round(time.perf_counter() - began, 2),
-        "files_after_compaction": compacted.files_after,
-        "compacted_ms": per_run_ms(copy, table.name, table.rows, args.merge_rows, args.repeats),
+        "compaction_seconds": seconds, "files_after_compaction": compacted.files_after,
+        "compacted_ms": after[0], "compacted_files_read": after[1],
         "lifecycle_read_compacted": lifecycle_read_ms(copy),
     })
     maintained = Table(copy, table.name, table.rows, args.rows_per_file)  # runs' own commits
     maintained.reopen()
     maintained.append(TODAY, compact_min_files)
-    figures["before_next_compaction_ms"] = per_run_ms(copy, table.name, table.rows,
-                                                      args.merge_rows, args.repeats)
+    before_next = per_run_ms(copy, table.name, table.rows, args.merge_rows, args.repeats)
+    figures["before_next_compaction_ms"], figures["before_next_compaction_files_read"] = before_next
     shutil.rmtree(copy, ignore_errors=True)
     return figures
 

@@ -16,7 +16,12 @@ import polars as pl
 from itel_dagster.crash_points import crash_point
 from itel_dagster.ops.shared_stage_ops import STAGE_IO
 from itel_dagster.ops.stage_batch import StageBatch
-from itel_dagster.resources.delta_tables import DeltaTablesResource, DeltaTableWriter, window_days
+from itel_dagster.resources.delta_tables import (
+    DeltaTablesResource,
+    DeltaTableWriter,
+    dedupe_since,
+    window_days,
+)
 from itel_dagster.resources.itel_api import ItelApiResource
 from itel_dagster.stages.error_records import stage_failures
 from itel_dagster.stages.itel_payload import with_payloads
@@ -66,14 +71,16 @@ def skip_already_sent(
     batch = deduplicated
     # The records' days and dedupe_days before: a copy redelivered across midnight is found.
     days = window_days(_days(batch.rows), batch.settings.dedupe_days)
+    # Only ledger rows written within the dedupe window: the lookup skips the day's older files.
+    since = dedupe_since(batch.rows["kafka_timestamp"], batch.settings.dedupe_window_hours)
     ids = batch.rows["event_id"].to_list()
     recorded = None
     if batch.mode != "live":
         handled = delta.values_present(batch.settings.table, "event_id", ids, days,
-                                       where=pl.col("outcome") == "accepted")
+                                       where=pl.col("outcome") == "accepted", since=since)
     else:
         ledger = delta.rows_present(batch.settings.table, "event_id", ids, days,
-                                    ["event_id", *OUTCOME_COLUMNS, *RECORD_COLUMNS])
+                                    ["event_id", *OUTCOME_COLUMNS, *RECORD_COLUMNS], since=since)
         handled = set() if ledger is None else set(ledger["event_id"].to_list())
         # A live run's range starts at the group's committed offset: a ledger row of one of its
         # own records was written by a run that died before publishing and committing.
@@ -110,10 +117,10 @@ def _outcome_frame(report) -> pl.DataFrame:
     )
 
 
-def record_round(writer: DeltaTableWriter, ledger: pl.DataFrame):
+def record_round(writer: DeltaTableWriter, ledger: pl.DataFrame, since=None):
     """One round's final outcomes into the ledger (one MERGE per day, idempotent by ledger_key),
     before the next round is sent."""
-    return writer.merge_new_rows(ledger)
+    return writer.merge_new_rows(ledger, since=since)
 
 
 def _nearest_rank(values: pl.Series, fraction: float) -> float | None:
@@ -156,7 +163,8 @@ def send_to_itel(
         outcome = _outcome_frame(report)
         ledger = ledger_rows(round_rows.join(outcome, on="event_id", how="left"), context.run_id)
         if ledger.height:
-            inserted += record_round(writer, ledger).inserted
+            since = dedupe_since(round_rows["kafka_timestamp"], settings.dedupe_window_hours)
+            inserted += record_round(writer, ledger, since).inserted
         reports.append(report)
         outcomes.append(outcome)
         ledgers.append(ledger)

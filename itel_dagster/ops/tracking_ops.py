@@ -12,7 +12,7 @@ import polars as pl
 from itel_dagster.crash_points import crash_point
 from itel_dagster.ops.shared_stage_ops import STAGE_IO
 from itel_dagster.ops.stage_batch import StageBatch
-from itel_dagster.resources.delta_tables import DeltaTablesResource
+from itel_dagster.resources.delta_tables import DeltaTablesResource, dedupe_since
 from itel_dagster.stages.error_records import stage_failures
 from itel_dagster.stages.tracking_rows import tracking_rows, with_partition_columns
 from itel_dagster.worker_logs import worker_logger
@@ -45,7 +45,8 @@ def write_tracking_rows(
         return batch
     rows = tracking_rows(batch.rows, settings.column_mapping or {})
     try:
-        result = writer.merge_new_rows(rows)
+        result = writer.merge_new_rows(
+            rows, since=dedupe_since(batch.rows["kafka_timestamp"], settings.dedupe_window_hours))
     except Exception as exc:
         problem = f"{type(exc).__name__}: {exc}"
         log = worker_logger(settings)

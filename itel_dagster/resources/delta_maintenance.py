@@ -10,11 +10,14 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta
 from typing import TypeVar
 
-from deltalake import DeltaTable
+import polars as pl
+from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
+
+from itel_dagster.resources.delta_tables import time_literal, write_time_column
 
 T = TypeVar("T")
 
@@ -83,6 +86,66 @@ def compact_day(table: DeltaTable, day: date, target_size: int,
     return CompactResult(day=day.isoformat(), files_before=before,
                          files_after=day_file_count(table, day), attempts=attempts,
                          compacted=bool(removed), gave_up=removed is None)
+
+
+# An open day is compacted in buckets of write time: a live run's dedupe (rows written within its
+# window) then reads the few buckets of the window, not the day. Rows written in the last SETTLE
+# stay as the live runs wrote them (fewer conflicts with in-flight MERGEs).
+BUCKET = timedelta(minutes=15)
+SETTLE = timedelta(minutes=1)
+
+
+def _buckets_to_compact(table: DeltaTable, day: date, column: str, settled: datetime
+                        ) -> dict[datetime, int]:
+    """bucket start -> files of the day written within that bucket (by their min/max statistics,
+    all before `settled`), for buckets of at least 2 such files."""
+    actions = pl.DataFrame(table.get_add_actions(flatten=True))
+    low, high = pl.col(f"min.{column}"), pl.col(f"max.{column}")
+    bucket = low.dt.truncate(f"{int(BUCKET.total_seconds())}s")
+    return dict(
+        actions.filter(
+            (pl.col("partition.year").cast(pl.Int64) == day.year)
+            & (pl.col("partition.month").cast(pl.Int64) == day.month)
+            & (pl.col("partition.day").cast(pl.Int64) == day.day)
+            & (high < bucket + BUCKET) & (high < settled))
+        .group_by(bucket.alias("bucket")).len().filter(pl.col("len") >= 2).rows())
+
+
+def compact_open_day(table: DeltaTable, day: date, now: datetime, target_size: int,
+                     retrying: Retrying = Retrying()) -> CompactResult:
+    """Compaction of a day live runs still write: the files of each BUCKET of write time
+    (WRITE_TIME_COLUMNS) into one, by a predicate overwrite of the bucket's rows (the same rows,
+    in new files; a live commit of rows of that bucket in between makes it fail and run again).
+    Cost: the buckets with new files since the last compaction, not the day. A table without a
+    write-time column is bin-packed (compact_day)."""
+    column = write_time_column(f.name for f in table.schema().fields)
+    if column is None:
+        return compact_day(table, day, target_size, retrying)
+    before = day_file_count(table, day)
+    settled = now - SETTLE
+
+    def attempt_once(attempt: int) -> int:
+        rewritten = 0
+        table.update_incremental()
+        for low, files in sorted(_buckets_to_compact(table, day, column, settled).items()):
+            high = min(low + BUCKET, settled)
+            predicate = (f"year = {day.year} AND month = {day.month} AND day = {day.day}"
+                         f" AND {column} >= '{time_literal(low)}'"
+                         f" AND {column} < '{time_literal(high)}'")
+            rows = table.to_pyarrow_table(filters=[
+                ("year", "=", day.year), ("month", "=", day.month), ("day", "=", day.day),
+                (column, ">=", low), (column, "<", high)])
+            write_deltalake(table, rows, mode="overwrite", predicate=predicate,
+                            target_file_size=target_size)
+            table.update_incremental()
+            rewritten += files
+        return rewritten
+
+    rewritten, attempts = retrying.run(attempt_once)
+    table.update_incremental()
+    return CompactResult(day=day.isoformat(), files_before=before,
+                         files_after=day_file_count(table, day), attempts=attempts,
+                         compacted=bool(rewritten), gave_up=rewritten is None)
 
 
 def checkpoint(table: DeltaTable) -> int:

@@ -4,6 +4,12 @@
 literal partition predicate (NOTES.md: 10x faster than an unpartitioned merge) naming the day and
 `dedupe_days` days before it. A retried run, a re-delivered record (even across midnight) or a
 concurrent writer therefore never adds a second row for a key.
+
+Given `since` (dedupe_since: the batch's oldest Kafka timestamp less the dedupe window), the MERGE
+and the ledger lookups also read only rows written at or after it (WRITE_TIME_COLUMNS): files are
+written in time order, so their min/max statistics skip the rest of the day and the cost stays
+flat as the day grows. A copy of the same record is never skipped: it was written after its own
+Kafka timestamp.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 
 import dagster as dg
 import polars as pl
@@ -21,6 +27,11 @@ from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from itel_dagster.settings.paths import delta_root, delta_storage_options
 
 PARTITION_COLUMNS = ["year", "month", "day"]
+# When a row was written (the tracking table's ingested_at, the send ledger's sent_at): never
+# before its record's Kafka timestamp, and increasing file by file.
+WRITE_TIME_COLUMNS = ("ingested_at", "sent_at")
+# Producers' clocks (Kafka timestamps) may run ahead of the workers' (write times) by this much.
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -56,10 +67,35 @@ def _day_filter(year: int, month: int, day: int) -> list[tuple[str, str, int]]:
     return [("year", "=", year), ("month", "=", month), ("day", "=", day)]
 
 
-def _merge_predicate(days: list[tuple[int, int, int]], key: str) -> str:
-    # Literal partition values, so the MERGE reads only these days' files.
+def dedupe_since(kafka_timestamps: pl.Series, window_hours: float) -> datetime | None:
+    """The earliest write time a row dedupe must see for these records: their oldest Kafka
+    timestamp less the dedupe window (and CLOCK_SKEW). None for no records."""
+    oldest = kafka_timestamps.min()
+    if oldest is None:
+        return None
+    if oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=timezone.utc)
+    return oldest - timedelta(hours=window_hours) - CLOCK_SKEW
+
+
+def write_time_column(columns) -> str | None:
+    """The table's write-time column, if it has one (a column_mapping may leave it out)."""
+    names = set(columns)
+    return next((c for c in WRITE_TIME_COLUMNS if c in names), None)
+
+
+def time_literal(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _merge_predicate(days: list[tuple[int, int, int]], key: str,
+                     written_since: tuple[str, datetime] | None = None) -> str:
+    # Literal partition values, so the MERGE reads only these days' files; a literal lower bound
+    # on the write time, so file statistics skip the files written before the dedupe window.
     in_days = " OR ".join(f"(t.year = {y} AND t.month = {m} AND t.day = {d})" for y, m, d in days)
-    return f"({in_days}) AND t.{key} = s.{key}"
+    recent = "" if written_since is None else \
+        f" AND t.{written_since[0]} >= '{time_literal(written_since[1])}'"
+    return f"({in_days}){recent} AND t.{key} = s.{key}"
 
 
 class DeltaTableWriter:
@@ -73,6 +109,7 @@ class DeltaTableWriter:
         self.dedupe_days = dedupe_days  # a key already in one of these earlier days: not inserted
         self.max_conflict_retries = max_conflict_retries
         self._table: DeltaTable | None = None
+        self.last_merge_metrics: dict = {}  # delta-rs metrics of the last MERGE (files scanned)
 
     def _load(self) -> DeltaTable | None:
         if self._table is None:
@@ -84,20 +121,23 @@ class DeltaTableWriter:
             self._table.update_incremental()
         return self._table
 
-    def merge_new_rows(self, rows: pl.DataFrame) -> MergeResult:
+    def merge_new_rows(self, rows: pl.DataFrame, since: datetime | None = None) -> MergeResult:
+        """since: look for keys only in rows written at or after it (dedupe_since); None: the
+        whole window of days."""
         inserted = present = commits = 0
         if rows.is_empty():
             table = self._load()
             return MergeResult(0, 0, 0, table.version() if table else -1)
         for (year, month, day), day_rows in rows.group_by(PARTITION_COLUMNS, maintain_order=True):
-            new, commit_count = self._merge_day(day_rows, int(year), int(month), int(day))
+            new, commit_count = self._merge_day(day_rows, int(year), int(month), int(day), since)
             inserted += new
             present += day_rows.height - new
             commits += commit_count
         table = self._load()
         return MergeResult(inserted, present, commits, table.version() if table else -1)
 
-    def _merge_day(self, day_rows: pl.DataFrame, year: int, month: int, day: int) -> tuple[int, int]:
+    def _merge_day(self, day_rows: pl.DataFrame, year: int, month: int, day: int,
+                   since: datetime | None = None) -> tuple[int, int]:
         for attempt in range(self.max_conflict_retries + 1):
             try:
                 table = self._load()
@@ -111,12 +151,15 @@ class DeltaTableWriter:
                             raise
                         continue
                 days = window_days([(year, month, day)], self.dedupe_days)
+                column = write_time_column(f.name for f in table.schema().fields)
+                written_since = None if since is None or column is None else (column, since)
                 metrics = (
-                    table.merge(day_rows, _merge_predicate(days, self.key),
+                    table.merge(day_rows, _merge_predicate(days, self.key, written_since),
                                 source_alias="s", target_alias="t")
                     .when_not_matched_insert_all()
                     .execute()
                 )
+                self.last_merge_metrics = metrics
                 return int(metrics.get("num_target_rows_inserted", 0)), 1
             except CommitFailedError:
                 # A concurrent writer committed first (a backfill, another Kafka partition's run).
@@ -237,19 +280,20 @@ class DeltaTablesResource(dg.ConfigurableResource):
 
     def values_present(
         self, name: str, column: str, values: list, days: list[tuple[int, int, int]],
-        where: pl.Expr | None = None,
+        where: pl.Expr | None = None, since: datetime | None = None,
     ) -> set:
         """Which of `values` the table holds in `column`, looking only at the given days (and at
-        rows matching `where`, when given)."""
-        found = self.rows_present(name, column, values, days, [column], where)
+        rows matching `where`, when given; written at or after `since`, when given)."""
+        found = self.rows_present(name, column, values, days, [column], where, since)
         return set() if found is None else set(found[column].to_list())
 
     def rows_present(
         self, name: str, column: str, values: list, days: list[tuple[int, int, int]],
-        columns: list[str], where: pl.Expr | None = None,
+        columns: list[str], where: pl.Expr | None = None, since: datetime | None = None,
     ) -> pl.DataFrame | None:
         """`columns` of the rows whose `column` is one of `values`, in the given days only (and
-        matching `where`); None when there are none or the table does not exist yet."""
+        matching `where`, written at or after `since`: dedupe_since); None when there are none
+        or the table does not exist yet."""
         if not values or not days:
             return None
         uri = self.table_uri(name)
@@ -264,5 +308,8 @@ class DeltaTablesResource(dg.ConfigurableResource):
         wanted = in_days & pl.col(column).is_in(values)
         if where is not None:
             wanted = wanted & where
+        written = write_time_column(table.collect_schema().names())
+        if since is not None and written is not None:
+            wanted = wanted & (pl.col(written) >= since)
         found = table.filter(wanted).select(columns).collect()
         return None if found.is_empty() else found
