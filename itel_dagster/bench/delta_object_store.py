@@ -19,22 +19,17 @@ import time
 import uuid
 from pathlib import Path
 
-from itel_dagster.bench.dagster_path import DagsterDaemon, run_facts, wait_until_caught_up
-from itel_dagster.bench.ground_truth import end_offsets
+from itel_dagster.bench.backlog_drain import drain_backlog
 from itel_dagster.bench.stack import BenchStack, StackChoices
 from itel_dagster.devstack.azurite import LocalAzurite
-from itel_dagster.devstack.publisher.publish import publish_events
 from itel_dagster.resources.delta_tables import DeltaTablesResource
 from itel_dagster.settings.paths import PROJECT_ROOT
-from itel_dagster.settings.workers import load_workers
-
-WORKERS = ("itel_cabinet_tracking_worker", "itel_cabinet_api_worker")
 
 
 def run_store(store: str, events: int, work: Path, seed: int) -> dict:
     # A broker of its own per store: the first store's variables are still in os.environ.
     stack = BenchStack(work / store, StackChoices(own_broker=True))
-    daemon = azurite = None
+    azurite = None
     try:
         stack.start()  # sets the stack's variables in os.environ (ITEL_DELTA_ROOT: local disk)
         delta_env = {"ITEL_DELTA_ROOT": str(stack.delta_root), "ITEL_DELTA_STORAGE_OPTIONS": ""}
@@ -47,30 +42,13 @@ def run_store(store: str, events: int, work: Path, seed: int) -> dict:
             delta_env = {"ITEL_DELTA_ROOT": f"az://{container}/delta",
                          "ITEL_DELTA_STORAGE_OPTIONS": json.dumps(azurite.storage_options())}
         os.environ.update(delta_env)
-        settings = load_workers()
-        workers = [settings[name] for name in WORKERS]
-        topic = workers[0].input_topic
-        publish_events(stack.bootstrap, topic, count=events, bad_fraction=0.02, days=1,
-                       seed=seed, progress=False)
-        targets = end_offsets(stack.bootstrap, topic)
-        daemon = DagsterDaemon(work / store / "dagster_home", {**stack.env(), **delta_env},
-                               PROJECT_ROOT / "dagster.yaml", work / store / "daemon.log")
-        daemon.start()
-        reached = wait_until_caught_up(stack.bootstrap, workers, targets, timeout=1800,
-                                       check=daemon.check_alive)
-        done = max(reached.values())
-        instance = daemon.instance()
-        first_run = min(r.started_at for name in WORKERS for r in run_facts(instance, name)
-                        if r.started_at)
-        return {**figures, "events": sum(targets.values()),
-                "seconds_from_first_run": round(done - first_run, 1),
-                "events_per_second": round(sum(targets.values()) / (done - first_run), 1),
-                "seconds_from_code_server_start": round(done - daemon.started_at, 1),
-                "tracking_rows": DeltaTablesResource().read("itel_cabinet_task_tracking").height,
+        drained = drain_backlog(stack, work / store, events, seed, delta_env,
+                                PROJECT_ROOT / "dagster.yaml")
+        return {**figures, **drained.figures(),
+                "seconds_from_code_server_start": drained.seconds_from_code_server_start,
+                "tracking_rows": DeltaTablesResource().read(drained.workers[0].table).height,
                 "delta_root": delta_env["ITEL_DELTA_ROOT"]}
     finally:
-        if daemon is not None:
-            daemon.stop()
         if azurite is not None:
             azurite.stop()
         stack.stop()

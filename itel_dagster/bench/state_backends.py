@@ -19,15 +19,10 @@ import time
 import uuid
 from pathlib import Path
 
-from itel_dagster.bench.dagster_path import DagsterDaemon, run_facts, wait_until_caught_up
-from itel_dagster.bench.ground_truth import end_offsets
+from itel_dagster.bench.backlog_drain import drain_backlog
 from itel_dagster.bench.stack import BenchStack, StackChoices
 from itel_dagster.devstack.postgres import LocalPostgres
-from itel_dagster.devstack.publisher.publish import publish_events
 from itel_dagster.settings.paths import PROJECT_ROOT
-from itel_dagster.settings.workers import load_workers
-
-WORKERS = ("itel_cabinet_tracking_worker", "itel_cabinet_api_worker")
 # leg -> (state in PostgreSQL, Dagster's instance file)
 LEGS = {
     "sqlite": (False, PROJECT_ROOT / "dagster.yaml"),
@@ -39,7 +34,6 @@ LEGS = {
 def run_leg(leg: str, events: int, work: Path, seed: int, postgres: LocalPostgres | None) -> dict:
     state_in_postgres, dagster_yaml = LEGS[leg]
     stack = BenchStack(work / leg, StackChoices(own_broker=True))
-    daemon = None
     try:
         stack.start()  # its variables go into os.environ
         leg_env = {"ITEL_STATE_URL": ""}
@@ -48,26 +42,9 @@ def run_leg(leg: str, events: int, work: Path, seed: int, postgres: LocalPostgre
             leg_env["ITEL_STATE_URL"] = postgres.create_database(database)
             leg_env.update(postgres.dagster_env(database))  # read only by dagster.postgres.yaml
         os.environ.update(leg_env)
-        workers = [load_workers()[name] for name in WORKERS]
-        publish_events(stack.bootstrap, workers[0].input_topic, count=events, bad_fraction=0.02,
-                       days=1, seed=seed, progress=False)
-        targets = end_offsets(stack.bootstrap, workers[0].input_topic)
-        stack.reset_simulators()
-        daemon = DagsterDaemon(work / leg / "dagster_home", {**stack.env(), **leg_env},
-                               dagster_yaml, work / leg / "daemon.log")
-        daemon.start()
-        reached = wait_until_caught_up(stack.bootstrap, workers, targets, timeout=1800,
-                                       check=daemon.check_alive)
-        done = max(reached.values())
-        first_run = min(r.started_at for name in WORKERS
-                        for r in run_facts(daemon.instance(), name) if r.started_at)
-        return {"events": sum(targets.values()),
-                "seconds_from_first_run": round(done - first_run, 1),
-                "events_per_second": round(sum(targets.values()) / (done - first_run), 1),
-                "claimx_gets": stack.claimx_gets()}
+        drained = drain_backlog(stack, work / leg, events, seed, leg_env, dagster_yaml)
+        return {**drained.figures(), "claimx_gets": stack.claimx_gets()}
     finally:
-        if daemon is not None:
-            daemon.stop()
         stack.stop()
         os.environ.pop("KAFKA_BOOTSTRAP_SERVERS", None)  # that leg's broker is gone
 
