@@ -202,13 +202,16 @@ def test_the_compaction_job_and_sensor_run_in_dagster_on_the_resource_root(tmp_p
     with dg.instance_for_test() as instance:
         context = dg.build_sensor_context(instance=instance, resources={"delta": delta})
         tables = {r.tags[TABLE_TAG] for r in delta_compaction_sensor(context)}
-        assert tables == {"itel_cabinet_task_tracking", "itel_api_sends"}  # their closed days
+        # Every worker's table (the trigger's forward ledger too): their closed days.
+        assert tables == {"itel_cabinet_task_tracking", "itel_api_sends",
+                          "itel_cabinet_trigger_forwards"}
         # A table whose compaction is still queued or running gets no second one meanwhile.
         instance.create_run_for_job(delta_compaction_job, tags={TABLE_TAG: "itel_api_sends"},
                                     run_config={"ops": {"compact_day_partition": {"config": {
                                         "table": "itel_api_sends", "day": DAY.isoformat()}}}})
         requests = delta_compaction_sensor(context)
-        assert {r.tags[TABLE_TAG] for r in requests} == {"itel_cabinet_task_tracking"}
+        assert {r.tags[TABLE_TAG] for r in requests} == {"itel_cabinet_task_tracking",
+                                                          "itel_cabinet_trigger_forwards"}
 
 
 def test_vacuum_deletes_removed_files_past_retention_and_cleans_the_log(tmp_path):

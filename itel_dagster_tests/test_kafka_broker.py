@@ -25,6 +25,8 @@ PIPELINE_TOPICS = {
     "itel.cabinet.task.tracking.errors",
     "itel.cabinet.api.success",
     "itel.cabinet.api.errors",
+    "claimx.task.events",  # the plugin trigger's input, and its error topic
+    "itel.cabinet.trigger.errors",
 }
 
 

@@ -109,7 +109,10 @@ def test_lag_defaults_to_both_workers_groups(pipeline):
         (api.consumer_group, api.input_topic, 1, "4", "4", "0"),
         (api.consumer_group, api.input_topic, 2, "0", "2", "2"),
     }
-    assert ours == expected
+    # The plugin trigger's group too: nothing upstream yet, nothing committed.
+    trigger = pipeline.workers["itel_cabinet_trigger"]
+    assert ours == expected | {(trigger.consumer_group, trigger.input_topic, p, "-", "0", "-")
+                               for p in range(3)}
     assert kafka_describe(pipeline.bootstrap, tracking.consumer_group) | kafka_describe(
         pipeline.bootstrap, api.consumer_group) == expected
     # --group picks one worker's group; its topic comes from workers.yaml.

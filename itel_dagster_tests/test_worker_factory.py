@@ -45,8 +45,9 @@ def test_a_worker_added_in_workers_yaml_gets_its_asset_job_sensor_and_checks(tmp
                                                                              monkeypatch):
     _write_workers(tmp_path, monkeypatch, _third_worker)
     workers = build_workers(load_workers())
-    assert [w.settings.name for w in workers] == [TRACKING_WORKER, API_WORKER, "audit_worker"]
-    audit = workers[2]
+    assert [w.settings.name for w in workers] == [TRACKING_WORKER, API_WORKER,
+                                                  "itel_cabinet_trigger", "audit_worker"]
+    audit = workers[-1]
     from itel_dagster.definitions import RESOURCES
 
     defs = dg.Definitions(
@@ -69,6 +70,11 @@ def test_a_worker_added_in_workers_yaml_gets_its_asset_job_sensor_and_checks(tmp
     api_graph = defs.resolve_job_def(workers[1].settings.job).graph.node_named(
         workers[1].settings.asset).definition
     assert {"skip_already_sent", "send_to_itel", "claimx_lookup"} <= {n.name for n in api_graph.nodes}
+    trigger = workers[2].settings
+    trigger_graph = defs.resolve_job_def(trigger.job).graph.node_named(trigger.asset).definition
+    assert {n.name for n in trigger_graph.nodes} == {
+        "read_kafka_range", "transform_events", "select_task_events", "skip_already_forwarded",
+        "record_forwarded", "publish_results_and_commit"}  # no ClaimX op of any kind
 
 
 @pytest.mark.parametrize("change, message", [
@@ -76,6 +82,8 @@ def test_a_worker_added_in_workers_yaml_gets_its_asset_job_sensor_and_checks(tmp
      "transform, validate and optionally claimx_lookup"),
     (lambda w: w[TRACKING_WORKER].update(stages=["transform", "validate", "claimx_lookup"]),
      "must end with one final stage"),
+    (lambda w: w["itel_cabinet_trigger"].update(stages=["transform", "validate", "kafka_publish"]),
+     "stages before kafka_publish must be transform and select_task_events"),
     (lambda w: w[API_WORKER].update(asset=w[TRACKING_WORKER]["asset"]), "share asset"),
     (lambda w: w[API_WORKER].update(job=w[TRACKING_WORKER]["job"]), "share job"),
     (lambda w: w[API_WORKER].update(name="other"), "must match"),

@@ -19,8 +19,19 @@ from itel_dagster.ops.shared_stage_ops import (
     validate_events,
 )
 from itel_dagster.ops.tracking_ops import write_tracking_rows
+from itel_dagster.ops.trigger_ops import (
+    record_forwarded,
+    select_upstream_task_events,
+    skip_already_forwarded,
+)
 from itel_dagster.partitions import daily_partitions
-from itel_dagster.settings.workers import DELTA_WRITE, ITEL_API_SEND, WorkerSettings
+from itel_dagster.settings.workers import (
+    DELTA_WRITE,
+    ITEL_API_SEND,
+    KAFKA_PUBLISH,
+    STAGES_BEFORE,
+    WorkerSettings,
+)
 
 # A stage name of workers.yaml -> its ops, in order. The shared ones carry their own policy
 # (transient I/O only).
@@ -28,15 +39,25 @@ SHARED_STAGE_OPS = {
     "transform": (transform_events,),
     "validate": (validate_events,),
     "claimx_lookup": (claimx_lookup,),
+    "select_task_events": (select_upstream_task_events,),
 }
 FINAL_STAGE_OPS = {
     DELTA_WRITE: (write_tracking_rows,),
     # Skip what the ledger holds, then send in rounds, each round recorded before the next.
     ITEL_API_SEND: (skip_already_sent, send_to_itel),
+    # Skip what the forward ledger holds, record the rest; the last op publishes them.
+    KAFKA_PUBLISH: (skip_already_forwarded, record_forwarded),
 }
 # The final-stage ops that retry as the worker's retry_policy says. send_to_itel never retries as
 # a whole: its sender retries each request, and a rerun would send recorded rounds again.
-WORKER_RETRIED_OPS = (write_tracking_rows, skip_already_sent)
+WORKER_RETRIED_OPS = (write_tracking_rows, skip_already_sent, skip_already_forwarded,
+                      record_forwarded)
+# What a worker's live job does with a micro-batch, by final stage (its description).
+FINAL_STAGE_OUTCOMES = {
+    DELTA_WRITE: "its Delta table.",
+    ITEL_API_SEND: "the iTel Cabinet API.",
+    KAFKA_PUBLISH: "the seed's events on its success topic.",
+}
 
 
 def op_retry_policy(settings: WorkerSettings) -> dg.RetryPolicy:
@@ -48,7 +69,8 @@ def op_retry_policy(settings: WorkerSettings) -> dg.RetryPolicy:
 def stage_invocations(settings: WorkerSettings) -> list:
     """The ops between the read and the commit, as the graph calls them."""
     shared = [op for stage in settings.stages[:-1] for op in SHARED_STAGE_OPS[stage]]
-    if "claimx_lookup" not in settings.stages:
+    allowed, _ = STAGES_BEFORE[settings.final_stage]
+    if "claimx_lookup" in allowed and "claimx_lookup" not in settings.stages:
         shared.append(skip_claimx_lookup)
     final = [op.with_retry_policy(op_retry_policy(settings)) if op in WORKER_RETRIED_OPS else op
              for op in FINAL_STAGE_OPS[settings.final_stage]]
@@ -84,5 +106,5 @@ def build_worker_job(settings: WorkerSettings) -> dg.UnresolvedAssetJobDefinitio
         selection=dg.AssetSelection.assets(settings.asset).without_checks(),
         executor_def=dg.in_process_executor,
         description=f"One micro-batch of {settings.name}: a Kafka range -> "
-        + ("its Delta table." if settings.final_stage == DELTA_WRITE else "the iTel Cabinet API."),
+        + FINAL_STAGE_OUTCOMES[settings.final_stage],
     )

@@ -40,8 +40,14 @@ _FRACTION = click.FloatRange(0.0, 1.0)
 @click.option("--duration", "duration_seconds", type=click.FloatRange(min=0, min_open=True),
               default=None, help="Stop after this many seconds.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (it shows above 1000 records).")
+@click.option("--upstream", is_flag=True,
+              help="Publish upstream ClaimX task events (no trigger_name; some of other tasks) to "
+                   "the plugin trigger's input topic [default topic: the kafka_publish worker's "
+                   "input_topic].")
+@click.option("--other-task-fraction", type=_FRACTION, default=0.3, show_default=True,
+              help="With --upstream: share of valid events that are of other ClaimX tasks.")
 def publish(count, rate, bad_fraction, unknown_fraction, days, seed, topic, bootstrap_servers,
-            continuous, duration_seconds, no_progress) -> None:
+            continuous, duration_seconds, no_progress, upstream, other_task_fraction) -> None:
     """Publish realistic ClaimX events of the iTel Cabinet Repair Form task (32513).
 
     Each assignment goes assigned -> in_progress -> completed in order, keyed by assignment_id;
@@ -52,13 +58,14 @@ def publish(count, rate, bad_fraction, unknown_fraction, days, seed, topic, boot
       itel-dagster publish --count 100000
       itel-dagster publish --count 600 --bad-fraction 0.1 --rate 200
       itel-dagster publish --continuous --rate 2
+      itel-dagster publish --upstream --count 1000 --other-task-fraction 0.5
     """
     if continuous and rate is None and duration_seconds is None:
         raise click.UsageError("--continuous needs --rate (or --duration)")
     try:
         summary = publish_events(
             bootstrap_servers or _default_bootstrap_servers(),
-            topic or _configured_input_topic(),
+            topic or _configured_input_topic(upstream),
             None if continuous else count,
             rate_per_second=rate,
             bad_fraction=bad_fraction,
@@ -67,6 +74,8 @@ def publish(count, rate, bad_fraction, unknown_fraction, days, seed, topic, boot
             seed=seed,
             progress=not no_progress,
             duration_seconds=duration_seconds,
+            upstream=upstream,
+            other_task_fraction=other_task_fraction,
         )
     except PublishError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -84,13 +93,19 @@ def _default_bootstrap_servers() -> str:
         raise click.ClickException(str(exc)) from exc
 
 
-def _configured_input_topic() -> str:
+def _configured_input_topic(upstream: bool = False) -> str:
     """The topic the workers consume (the first worker's in ITEL_CONFIG_DIR's workers.yaml), so
-    `up` with a renamed topic publishes where its workers read."""
+    `up` with a renamed topic publishes where its workers read; upstream: the trigger's."""
     from itel_dagster.settings.env_yaml import ConfigError
-    from itel_dagster.settings.workers import load_workers
+    from itel_dagster.settings.workers import KAFKA_PUBLISH, load_workers, workers_with_final_stage
 
     try:
+        if upstream:
+            triggers = workers_with_final_stage(KAFKA_PUBLISH)
+            if not triggers:
+                raise click.ClickException("--upstream: workers.yaml has no kafka_publish worker; "
+                                           "name the topic with --topic")
+            return triggers[0].input_topic
         return next(iter(load_workers().values())).input_topic
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -24,13 +24,16 @@ from itel_dagster.settings.kafka import default_partitions
               help="Demo events per second published while the stack runs (0: none).")
 @click.option("--demo-backlog", type=int, default=300, show_default=True,
               help="Demo events published at start, spread over the last 3 days (0: none).")
+@click.option("--upstream-rate", type=float, default=1.0, show_default=True,
+              help="Upstream ClaimX task events per second for the plugin trigger, which "
+                   "forwards task 32513's to the workers' topic (0: none).")
 @click.option("--bad-fraction", type=float, default=0.02, show_default=True,
               help="Fraction of demo records that are bad (they go to the error topics).")
 @click.option("--keep-kafka", is_flag=True,
               help="Leave the local broker running when the stack stops.")
 @click.option("--no-dagster", is_flag=True, help="Start everything except `dagster dev`.")
-def up(dagster_port, claimx_port, itel_port, kafka_port, demo_rate, demo_backlog, bad_fraction,
-       keep_kafka, no_dagster) -> None:
+def up(dagster_port, claimx_port, itel_port, kafka_port, demo_rate, demo_backlog, upstream_rate,
+       bad_fraction, keep_kafka, no_dagster) -> None:
     """Start Kafka, the ClaimX and iTel simulators, demo events and `dagster dev`.
 
     State lives in ./var (ITEL_STATE_DIR), Delta tables in ./data/delta (ITEL_DELTA_ROOT).
@@ -39,7 +42,8 @@ def up(dagster_port, claimx_port, itel_port, kafka_port, demo_rate, demo_backlog
     options = StackOptions(
         dagster_port=dagster_port, claimx_port=claimx_port, itel_port=itel_port,
         kafka_port=kafka_port, partitions=default_partitions(), demo_rate=demo_rate,
-        demo_backlog=demo_backlog, bad_fraction=bad_fraction, run_dagster=not no_dagster,
+        demo_backlog=demo_backlog, upstream_rate=upstream_rate, bad_fraction=bad_fraction,
+        run_dagster=not no_dagster,
         stop_kafka_on_exit=not keep_kafka,
     )
     stack = LocalStack(options)

@@ -37,6 +37,8 @@ class StackOptions:
     partitions: int = 3
     demo_rate: float = 1.0
     demo_backlog: int = 300
+    # Upstream ClaimX task events per second for the plugin trigger (0: none).
+    upstream_rate: float = 1.0
     bad_fraction: float = 0.02
     run_dagster: bool = True
     stop_kafka_on_exit: bool = True
@@ -143,6 +145,11 @@ class LocalStack:
             self._spawn(self._publish_args("--continuous", "--rate", str(self.options.demo_rate)),
                         "publisher.log")
             say(f"publisher  {self.options.demo_rate} events/s, continuous (var/logs/publisher.log)")
+        if self.options.upstream_rate > 0:
+            self._spawn(self._publish_args("--upstream", "--continuous", "--rate",
+                                           str(self.options.upstream_rate)), "upstream.log")
+            say(f"upstream   {self.options.upstream_rate} ClaimX task events/s for the trigger, "
+                "continuous (var/logs/upstream.log)")
 
     def _start_metrics(self, say) -> None:
         port = port_or_free(self.options.metrics_port)

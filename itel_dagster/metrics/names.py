@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from itel_dagster.settings.env_yaml import ConfigError
-from itel_dagster.settings.workers import DELTA_WRITE, ITEL_API_SEND, load_workers
+from itel_dagster.settings.workers import DELTA_WRITE, ITEL_API_SEND, KAFKA_PUBLISH, load_workers
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,13 @@ API_LATENCY = MetricSpec(
     "Seconds from sending one HTTP request to the iTel API to its answer or its failure.",
     buckets=LATENCY_BUCKETS)
 
+TRIGGER_MESSAGES = MetricSpec(
+    "itel_trigger_messages_processed_total", "counter",
+    "Upstream ClaimX task events the plugin trigger finished, by outcome (succeeded: published "
+    "as the seed's event; failed: unreadable, sent to the error topic; skipped: forwarded "
+    "before; not_selected: another task or lifecycle change).",
+    ("outcome",), (("succeeded",), ("failed",), ("skipped",), ("not_selected",)))
+
 RECORDS_LOST_TO_RETENTION = MetricSpec(
     "itel_records_lost_to_retention_total", "counter",
     "Kafka records retention deleted before the worker's consumer group handled them (the group's "
@@ -73,9 +80,10 @@ COMMITS_REFUSED = MetricSpec(
 
 PIPELINE_METRICS = (TRACKING_MESSAGES, TRACKING_DELTA_WRITES, TRACKING_DELTA_WRITE_ERRORS,
                     API_MESSAGES, API_CALLS, API_ERRORS, API_LATENCY, RECORDS_LOST_TO_RETENTION,
-                    COMMITS_REFUSED)
+                    COMMITS_REFUSED, TRIGGER_MESSAGES)
 # The seed's per-worker series, by the worker's final stage.
-MESSAGES_PROCESSED = {DELTA_WRITE: TRACKING_MESSAGES, ITEL_API_SEND: API_MESSAGES}
+MESSAGES_PROCESSED = {DELTA_WRITE: TRACKING_MESSAGES, ITEL_API_SEND: API_MESSAGES,
+                      KAFKA_PUBLISH: TRIGGER_MESSAGES}
 
 
 def initial_series(spec: MetricSpec) -> tuple[tuple[str, ...], ...]:

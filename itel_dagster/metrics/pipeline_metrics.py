@@ -34,6 +34,8 @@ def record_batch_metrics(settings: WorkerSettings, batch: StageBatch,
         metrics.inc(processed, batch.rows.height, outcome="succeeded")
         metrics.inc(processed, batch.error_count(), outcome="failed")
         metrics.inc(processed, batch.already_handled, outcome="skipped")
+        if batch.counts.get("skipped"):  # left out by a stage on purpose (other tasks' events)
+            metrics.inc(processed, int(batch.counts["skipped"]), outcome="not_selected")
         if settings.final_stage == DELTA_WRITE:
             metrics.inc(TRACKING_DELTA_WRITES, int(batch.counts.get("delta_inserted", 0)))
             metrics.inc(TRACKING_DELTA_WRITE_ERRORS,

@@ -24,7 +24,9 @@ from itel_dagster.ops.retention_loss import report_retention_loss
 from itel_dagster.ops.stage_batch import StageBatch
 from itel_dagster.resources.kafka import KafkaResource
 from itel_dagster.sensors.dispatch_plan import KafkaRange
+from itel_dagster.settings.workers import KAFKA_PUBLISH
 from itel_dagster.stages.error_records import error_record_messages
+from itel_dagster.stages.task_events import seed_event_messages
 from itel_dagster.worker_logs import worker_logger
 
 
@@ -42,6 +44,11 @@ def success_messages(successes: pl.DataFrame) -> list[tuple[bytes | None, bytes]
     lines = successes.write_ndjson().splitlines()
     keys = successes["event_id"].to_list()
     return [(key.encode() if key else None, line.encode()) for key, line in zip(keys, lines)]
+
+
+# How a final stage's success rows become records, where it is not success_messages: the
+# trigger's rows are the seed's events, keyed by assignment_id.
+SUCCESS_ENCODINGS = {KAFKA_PUBLISH: seed_event_messages}
 
 
 def slice_bounds(frame: pl.DataFrame, rows: int = MESSAGE_SLICE_ROWS,
@@ -126,12 +133,14 @@ def publish_results_and_commit(
     error_count = errors.height if errors is not None else 0
     # The API worker's finished sends past its commit point: published by the run that commits them.
     not_sent = batch.counts.get("not_sent", 0) + batch.counts.get("awaiting_commit", 0)
-    handled = batch.rows.height + error_count + batch.already_handled + not_sent
+    # Left out on purpose by a stage (the trigger's events of other tasks).
+    skipped = batch.counts.get("skipped", 0)
+    handled = batch.rows.height + error_count + batch.already_handled + not_sent + skipped
     if handled != batch.counts.get("read", 0):
         raise dg.Failure(
             f"{batch.counts.get('read', 0)} records read but {batch.rows.height} succeeded, "
-            f"{error_count} failed, {batch.already_handled} were already handled and {not_sent} "
-            "were not sent; offsets not committed",
+            f"{error_count} failed, {batch.already_handled} were already handled, {skipped} "
+            f"were skipped and {not_sent} were not sent; offsets not committed",
             allow_retries=False,
         )
     if batch.mode == "backfill":
@@ -159,7 +168,8 @@ def publish_results_and_commit(
     committed = {p: o for p, o in commit_to.items() if o > standing.get(p, -1)}
     try:
         transaction.begin()
-        transaction.send(settings.success_topic, in_slices(batch.rows, success_messages))
+        encoding = SUCCESS_ENCODINGS.get(settings.final_stage, success_messages)
+        transaction.send(settings.success_topic, in_slices(batch.rows, encoding))
         transaction.flush()  # these records are in the log, invisible until the commit
         crash_point("mid_publish", settings.name)
         if errors is not None:

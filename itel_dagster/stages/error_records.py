@@ -22,7 +22,8 @@ import polars as pl
 
 from itel_dagster.stages.transform import as_utc
 
-STAGES = ("transform", "validate", "claimx_lookup", "delta_write", "itel_api_send", "poison")
+STAGES = ("transform", "validate", "claimx_lookup", "delta_write", "itel_api_send",
+          "select_task_events", "kafka_publish", "poison")
 ERROR_RECORD_SCHEMA = pl.Schema(
     {
         "event_id": pl.String,

@@ -20,10 +20,12 @@ MAX_MESSAGE_BYTES = {"success": 2_097_152, "errors": 2_097_152}
 def pipeline_topics(workers: dict[str, WorkerSettings]) -> dict[str, str]:
     """Topic name -> kind (input / success / errors) for every topic the workers use."""
     topics: dict[str, str] = {}
+    # A topic one worker reads is an input, whoever else writes it (the trigger's success topic).
+    inputs = {worker.input_topic for worker in workers.values()}
     for worker in workers.values():
-        topics[worker.input_topic] = "input"
-        topics[worker.success_topic] = "success"
-        topics[worker.error_topic] = "errors"
+        for topic, kind in ((worker.input_topic, "input"), (worker.success_topic, "success"),
+                            (worker.error_topic, "errors")):
+            topics.setdefault(topic, "input" if topic in inputs else kind)
     return topics
 
 

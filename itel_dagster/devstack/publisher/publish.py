@@ -24,6 +24,7 @@ from itel_dagster.devstack.publisher.events import (
     iso_timestamp,
     live_records,
 )
+from itel_dagster.devstack.publisher.upstream_events import upstream_records
 
 DEFAULT_TOPIC = "itel.cabinet.task.tracking"
 # Shorter runs finish before a bar would tell anything.
@@ -231,12 +232,17 @@ def publish_events(
     seed: int = 0,
     progress: bool = True,
     duration_seconds: float | None = None,
+    upstream: bool = False,
+    other_task_fraction: float = 0.3,
 ) -> PublishSummary:
     """Publish `count` records spread over the last `days`, or with count=None an endless stream
     stamped "now" until SIGINT/SIGTERM or `duration_seconds` (continuous mode, for the demo).
 
     rate_per_second=None sends as fast as the broker takes them. A signal ends any run early; the
     summary then says so. Raises PublishError when a record was not delivered.
+
+    upstream=True: the events as ClaimX emits them, for the plugin trigger's input topic, a share
+    `other_task_fraction` of them of other tasks (upstream_events.py).
     """
     if rate_per_second is not None and rate_per_second <= 0:
         raise ValueError(f"rate_per_second must be > 0, got {rate_per_second}")
@@ -254,6 +260,8 @@ def publish_events(
             seed=f"{seed}:{time.time_ns()}", unknown_fraction=unknown_fraction,
             bad_fraction=bad_fraction,
         )
+    if upstream:
+        records = upstream_records(records, other_task_fraction, seed)
     producer = Producer(client_config(bootstrap_servers, **_PRODUCER_CONFIG))
     _check_topic(producer, bootstrap_servers, topic)
 
