@@ -178,3 +178,23 @@ def test_a_trigger_run_killed_mid_transaction_publishes_nothing_then_each_event_
     assert set(_forwarded(pipeline).values()) == {1}
     assert all(r.success for r in pipeline.drain(TRACKING))
     assert sorted(pipeline.tracking_table()["event_id"].to_list()) == sorted(ours)
+
+
+def test_the_dead_letter_replay_refuses_the_triggers_error_records(pipeline):
+    from itel_dagster.definitions import defs
+    from itel_dagster.jobs.dead_letter_replay import DEAD_LETTER_REPLAY_JOB
+
+    trigger = _trigger()
+    _publish_upstream(pipeline, 40, seed=23, bad_fraction=0.2)
+    assert all(r.success for r in pipeline.drain(trigger.name))
+    assert pipeline.consume_all(trigger.error_topic)  # there are error records to replay
+    result = defs.resolve_job_def(DEAD_LETTER_REPLAY_JOB).execute_in_process(
+        run_config={"ops": {"read_dead_letters": {"config": {"worker": trigger.name}}}},
+        instance=pipeline.instance, raise_on_error=False)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "has no replay" in failure.step_failure_data.error.message
+    # Nothing unshaped reached the workers' topic: only the trigger's seed events are there.
+    assert all("trigger_name" in json.loads(m.value())
+               for m in pipeline.consume_all(trigger.success_topic))
+

@@ -19,7 +19,13 @@ from itel_dagster.ops.stage_batch import StageBatch
 from itel_dagster.resources.delta_tables import DeltaTablesResource
 from itel_dagster.resources.kafka import KafkaResource
 from itel_dagster.sensors.dispatch_plan import KafkaRange
-from itel_dagster.settings.workers import DELTA_WRITE, FINAL_STAGES, ITEL_API_SEND, load_workers
+from itel_dagster.settings.workers import (
+    DELTA_WRITE,
+    FINAL_STAGES,
+    ITEL_API_SEND,
+    KAFKA_PUBLISH,
+    load_workers,
+)
 from itel_dagster.stages.dead_letters import (
     ORIGINAL,
     REPLAY_TABLE,
@@ -114,6 +120,12 @@ def read_dead_letters(
         raise dg.Failure(f"unknown worker {config.worker!r}; workers.yaml has {sorted(workers)}",
                          allow_retries=False)
     settings = workers[config.worker]
+    if settings.final_stage == KAFKA_PUBLISH:
+        # Its error records are upstream records it could not read: the sink stages would only
+        # publish them, unshaped, to its success topic (the workers' input).
+        raise dg.Failure(f"{config.worker} ({KAFKA_PUBLISH}) has no replay: its error records "
+                         "are upstream records it could not read; fix them at the source and "
+                         "publish them upstream again", allow_retries=False)
     topic = settings.error_topic
     windows = _windows(config, kafka, topic)
     records = []
