@@ -34,12 +34,12 @@ def _ledger_writes(monkeypatch, fail_past_rows: int | None = None) -> list[int]:
     calls: list[int] = []
     merge = DeltaTableWriter.merge_new_rows
 
-    def counted(self, rows):
+    def counted(self, rows, **options):
         if self.uri.endswith("itel_api_sends"):
             if fail_past_rows is not None and sum(calls) + rows.height > fail_past_rows:
                 raise dg.Failure("killed before the ledger write", allow_retries=False)
             calls.append(rows.height)
-        return merge(self, rows)
+        return merge(self, rows, **options)
 
     monkeypatch.setattr(DeltaTableWriter, "merge_new_rows", counted)
     return calls

@@ -10,6 +10,9 @@ import dagster as dg
 import pytest
 import yaml
 
+# The code location is imported here, with the repository's workers.yaml: importing it first
+# inside a test below would build its definitions from that test's edited file.
+from itel_dagster.definitions import RESOURCES
 from itel_dagster.bench.seed_workers import API_WORKER, TRACKING_WORKER
 from itel_dagster.devstack.publisher.events import generate_records
 from itel_dagster.settings.env_yaml import ConfigError
@@ -48,8 +51,6 @@ def test_a_worker_added_in_workers_yaml_gets_its_asset_job_sensor_and_checks(tmp
     assert [w.settings.name for w in workers] == [TRACKING_WORKER, API_WORKER,
                                                   "itel_cabinet_trigger", "audit_worker"]
     audit = workers[-1]
-    from itel_dagster.definitions import RESOURCES
-
     defs = dg.Definitions(
         assets=[w.asset for w in workers], jobs=[w.job for w in workers],
         sensors=[w.sensor for w in workers], asset_checks=[c for w in workers for c in w.checks],
