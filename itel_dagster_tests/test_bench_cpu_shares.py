@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from itel_dagster.bench.cpu_shares import CpuSampler, cpu_shares
-from itel_dagster.bench.memory import RUN
+from itel_dagster_bench.cpu_shares import CpuSampler, cpu_shares
+from itel_dagster_bench.memory import RUN
 
 # Burns about `seconds` of CPU, prints "done", then sleeps until killed.
 BURN = """

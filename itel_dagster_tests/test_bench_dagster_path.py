@@ -1,7 +1,7 @@
 """The bench's figures from a worker's run records: the time between one run's end and the next
 run's start, split at the sensor's request."""
 
-from itel_dagster.bench.dagster_path import RunFacts, between_runs
+from itel_dagster_bench.dagster_path import RunFacts, between_runs
 
 
 def _run(created: float, started: float | None, ended: float | None) -> RunFacts:

@@ -1,4 +1,4 @@
-"""`python -m itel_dagster.bench.solo_catch_up` on the session broker: the chosen worker catches up
+"""`python -m itel_dagster_bench.solo_catch_up` on the session broker: the chosen worker catches up
 through Dagster alone (the other worker starts no run) and its figures are reported. Timings are
 printed, never asserted."""
 
@@ -18,7 +18,7 @@ def test_one_worker_catches_up_alone_and_the_other_starts_no_run(kafka_bootstrap
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
            "ITEL_STATE_DIR": str(tmp_path / "var"), "ITEL_DELTA_ROOT": str(tmp_path / "delta")}
     finished = subprocess.run(
-        [sys.executable, "-m", "itel_dagster.bench.solo_catch_up", "--worker", "tracking",
+        [sys.executable, "-m", "itel_dagster_bench.solo_catch_up", "--worker", "tracking",
          "--events", "300", "--work-dir", str(tmp_path / "work")],
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
 

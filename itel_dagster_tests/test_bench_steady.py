@@ -1,4 +1,4 @@
-"""`python -m itel_dagster.bench.steady --quick`: it completes and reports every figure for both
+"""`python -m itel_dagster_bench.steady --quick`: it completes and reports every figure for both
 tables. Timings are reported by the bench, never asserted here."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ SIZE_FIGURES = ["no_maintenance_ms", "compacted_ms", "before_next_compaction_ms"
 def test_quick_steady_bench_reports_both_tables_at_each_size(tmp_path):
     out = tmp_path / "steady.json"
     finished = subprocess.run(
-        [sys.executable, "-m", "itel_dagster.bench.steady", "--quick", "--json", str(out),
+        [sys.executable, "-m", "itel_dagster_bench.steady", "--quick", "--json", str(out),
          "--work-dir", str(tmp_path / "work")],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
 
@@ -50,7 +50,7 @@ def test_quick_steady_bench_reports_both_tables_at_each_size(tmp_path):
 def test_the_fast_generator_writes_one_file_per_run_with_stats_a_few_commits(tmp_path):
     from deltalake import DeltaTable
 
-    from itel_dagster.bench.steady import TODAY, RunRows, Table, enriched_pool
+    from itel_dagster_bench.steady import TODAY, RunRows, Table, enriched_pool
     from itel_dagster.resources.delta_maintenance import day_file_count
     from itel_dagster.resources.delta_tables import DeltaTableWriter
 

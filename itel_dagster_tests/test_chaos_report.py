@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from itel_dagster.bench.chaos import SCHEDULE, Kill, SoakResult, as_json, report
-from itel_dagster.bench.crash_stack import Invariants
+from itel_dagster_bench.chaos import SCHEDULE, Kill, SoakResult, as_json, report
+from itel_dagster_bench.crash_stack import Invariants
 
 
 def _invariants(**broken) -> Invariants:

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from itel_dagster.bench.crash_stack import CrashStack, Invariants
-from itel_dagster.bench.seed_workers import API_WORKER, TRACKING_WORKER
+from itel_dagster_bench.crash_stack import CrashStack, Invariants
+from itel_dagster_bench.seed_workers import API_WORKER, TRACKING_WORKER
 
 pytestmark = pytest.mark.slow  # starts a broker, simulators, a code server and the daemon
 

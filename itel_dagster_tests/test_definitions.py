@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from itel_dagster.settings.paths import PROJECT_ROOT
-from itel_dagster.bench.seed_workers import TRACKING_WORKER
+from itel_dagster_bench.seed_workers import TRACKING_WORKER
 from itel_dagster.settings.workers import load_workers
 
 
@@ -54,3 +54,18 @@ def test_workspace_loads_with_dagster_cli(tmp_path):
         env={"PATH": "/usr/bin:/bin", "DAGSTER_HOME": str(tmp_path), "HOME": str(tmp_path)},
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_the_runtime_never_imports_the_benchmarks(tmp_path):
+    """The code location, every module the runs import and the itel-dagster command (all its
+    subcommands registered) load without the benchmark package, which only `bench` and `chaos`
+    import when they run."""
+    code = ("import sys, itel_dagster.definitions, itel_dagster.cli; "
+            "print(sorted(m for m in sys.modules if m.startswith('itel_dagster_bench')))")
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        cwd=PROJECT_ROOT, env={"PATH": "/usr/bin:/bin", "DAGSTER_HOME": str(tmp_path),
+                               "HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

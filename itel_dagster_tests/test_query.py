@@ -15,16 +15,16 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from itel_dagster.bench.query_times import main as bench_main
-from itel_dagster.bench.query_times import write_tables as write_bench_tables
+from itel_dagster_bench.query_times import main as bench_main
+from itel_dagster_bench.query_times import write_tables as write_bench_tables
 from itel_dagster.cli import main
 from itel_dagster.devstack import claimx_world as world
 LEDGER_TABLE = "itel_api_sends"
 from itel_dagster.resources.delta_tables import DeltaTableWriter
 from itel_dagster.settings.connections import load_itel_connection
-from itel_dagster.bench.seed_workers import TRACKING_WORKER
+from itel_dagster_bench.seed_workers import TRACKING_WORKER
 from itel_dagster.settings.workers import load_workers
-from itel_dagster.stages.bench_stages import TOPIC, tracking_event
+from itel_dagster_bench.stages_throughput import TOPIC, tracking_event
 from itel_dagster.stages.enrich import apply_lookups
 from itel_dagster.stages.itel_payload import with_payloads
 from itel_dagster.stages.raw_batch import raw_batch_from_records

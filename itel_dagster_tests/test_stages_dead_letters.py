@@ -9,7 +9,7 @@ import polars as pl
 
 from itel_dagster.devstack import claimx_world as world
 from itel_dagster.kafka.range_reader import KafkaRecord
-from itel_dagster.stages.bench_stages import TOPIC, tracking_event
+from itel_dagster_bench.stages_throughput import TOPIC, tracking_event
 from itel_dagster.stages.dead_letters import (
     FAILED_AGAIN,
     REPLAY_LOG_SCHEMA,

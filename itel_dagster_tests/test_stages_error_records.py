@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from itel_dagster.devstack import claimx_world as world
-from itel_dagster.stages.bench_stages import TOPIC, tracking_event
+from itel_dagster_bench.stages_throughput import TOPIC, tracking_event
 from itel_dagster.stages.error_records import (
     ERROR_RECORD_FIELDS,
     ERROR_RECORD_SCHEMA,

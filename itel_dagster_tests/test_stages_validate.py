@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from itel_dagster.devstack import claimx_world as world
-from itel_dagster.stages.bench_stages import TOPIC, tracking_event
+from itel_dagster_bench.stages_throughput import TOPIC, tracking_event
 from itel_dagster.stages.raw_batch import raw_batch_from_records
 from itel_dagster.stages.transform import TRANSFORMED_SCHEMA, transform
 from itel_dagster.stages.validate import ERROR_TYPES, validate

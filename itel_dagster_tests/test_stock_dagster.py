@@ -10,13 +10,13 @@ import dagster as dg
 import pytest
 import yaml
 
-from itel_dagster.bench.crash_stack import CrashStack
-from itel_dagster.bench.stock_vs_own import (
+from itel_dagster_bench.crash_stack import CrashStack
+from itel_dagster_bench.stock_vs_own import (
     OPTIONAL_BLOCKS,
     PROJECT_DAGSTER_YAML,
     write_stock_dagster_yaml,
 )
-from itel_dagster.bench.seed_workers import API_WORKER, TRACKING_WORKER
+from itel_dagster_bench.seed_workers import API_WORKER, TRACKING_WORKER
 
 EVENTS = 100  # 5% of them invalid
 

@@ -1,5 +1,5 @@
 """`itel-dagster bench`: throughput, latency, overhead, memory and ClaimX figures of both workers,
-the Dagster path against the in-process limit, in one run (itel_dagster.bench.suite).
+the Dagster path against the in-process limit, in one run (itel_dagster_bench.suite).
 
 Command-line wiring only. Exits 1 when a record was lost or duplicated, or a phase did not end.
 """
@@ -75,8 +75,8 @@ def bench(no_progress: bool, smoke: bool, dagster_yaml: Path | None, results_dir
     correctness check failed or a phase did not finish.
     """
     # Imported here: they load Dagster, polars and deltalake, which other commands do not need.
-    from itel_dagster.bench.report import document, table, write_json
-    from itel_dagster.bench.suite import BenchOptions, run_bench
+    from itel_dagster_bench.report import document, table, write_json
+    from itel_dagster_bench.suite import BenchOptions, run_bench
 
     chosen = BenchOptions(progress=not no_progress, smoke=smoke, **options)
     if dagster_yaml is not None:

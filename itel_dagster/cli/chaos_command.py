@@ -1,4 +1,4 @@
-"""`itel-dagster chaos`: the chaos soak (itel_dagster.bench.chaos) on a stack of its own.
+"""`itel-dagster chaos`: the chaos soak (itel_dagster_bench.chaos) on a stack of its own.
 
 Command-line wiring only. Exits 1 when a record was lost or doubled, a bound was passed, or the
 soak did not get through its kills.
@@ -22,7 +22,7 @@ import click
 def chaos(events: int, kills: int, json_path: Path | None, keep: bool) -> None:
     """Drain a backlog while killing run processes, the daemon and the broker (SIGKILL), then
     print the invariants and the recovery times. Starts and stops a stack of its own."""
-    from itel_dagster.bench.chaos import run_soak
+    from itel_dagster_bench.chaos import run_soak
 
     if not run_soak(events, kills, json_path, keep, say=click.echo):
         raise SystemExit(1)

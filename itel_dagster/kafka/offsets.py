@@ -82,7 +82,7 @@ class GroupProgressReader:
     """Reads a group's progress over one kept consumer, for callers that read it again and again
     (the sensors through kept_group_progress, the bench's waits): a consumer per read cost the
     broker a new connection and about 55 ms of CPU, a kept one about 8 ms
-    (`python -m itel_dagster.bench.offsets_cost`)."""
+    (`python -m itel_dagster_bench.offsets_cost`)."""
 
     def __init__(self, bootstrap_servers: str, group: str):
         self._consumer = group_consumer(bootstrap_servers, group)

@@ -4,7 +4,7 @@ request (base URL, default headers, timeouts) and its transport sends it, bypass
 Client.send wraps every request in an auth flow, redirect handling, cookie jars and event hooks,
 none of which these APIs use (auth is a header we set; a redirect is an answer, never followed).
 That machinery cost about 0.25 ms of CPU per request here, 1.5 ms against 1.25 ms
-(`python -m itel_dagster.bench.http_client_cpu`), and both workers' runs share the cores.
+(`python -m itel_dagster_bench.http_client_cpu`), and both workers' runs share the cores.
 """
 
 from __future__ import annotations

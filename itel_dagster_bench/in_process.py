@@ -17,7 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
-from itel_dagster.bench.stack import PARTITIONS
+from itel_dagster_bench.stack import PARTITIONS
 from itel_dagster.devstack.kafka.topics import ensure_topics, pipeline_topics
 from itel_dagster.kafka.offsets import (
     PartitionProgress,
@@ -38,7 +38,7 @@ from itel_dagster.resources.itel_sender import ItelSender, SendRequest
 from itel_dagster.resources.task_cache import TaskCache
 from itel_dagster.sensors.dispatch_plan import KafkaRange, plan_dispatch
 from itel_dagster.settings.connections import load_claimx_connection, load_itel_connection
-from itel_dagster.bench.seed_workers import API_WORKER, TRACKING_WORKER
+from itel_dagster_bench.seed_workers import API_WORKER, TRACKING_WORKER
 from itel_dagster.settings.workers import WorkerSettings, load_workers
 from itel_dagster.stages.enrich import apply_lookups
 from itel_dagster.stages.error_records import error_record_messages, error_records, stage_failures

@@ -2,7 +2,7 @@
 their keys in that day only (dedupe_days 0), in it and the day before (1), or in the whole table
 (no partition predicate, for reference). Prints the median wall time per MERGE; asserts nothing.
 
-    python -m itel_dagster.bench.dedupe_window [--rows-per-day 20000] [--merge-rows 100]
+    python -m itel_dagster_bench.dedupe_window [--rows-per-day 20000] [--merge-rows 100]
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from itel_dagster.bench.memory import RUN, descendants, process_role
-from itel_dagster.bench.process_cpu import stat_cpu_seconds
+from itel_dagster_bench.memory import RUN, descendants, process_role
+from itel_dagster_bench.process_cpu import stat_cpu_seconds
 from itel_dagster.metrics.process_stat import TICKS_PER_SECOND, stat_fields
 
 def _boot_time() -> float:

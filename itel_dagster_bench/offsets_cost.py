@@ -2,7 +2,7 @@
 (a new consumer per read) against GroupProgressReader (one kept consumer). Prints client and
 broker CPU and wall time per read; asserts nothing.
 
-    python -m itel_dagster.bench.offsets_cost [--reads 40]
+    python -m itel_dagster_bench.offsets_cost [--reads 40]
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from itel_dagster.bench.process_cpu import cpu_seconds
+from itel_dagster_bench.process_cpu import cpu_seconds
 from itel_dagster.devstack.kafka.broker import LocalKafkaBroker
 from itel_dagster.devstack.kafka.topics import ensure_topics
 from itel_dagster.kafka.offsets import GroupProgressReader, commit_offsets, group_progress

@@ -8,8 +8,8 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 
-from itel_dagster.bench.dagster_path import RunFacts
-from itel_dagster.bench.ground_truth import InputRecord
+from itel_dagster_bench.dagster_path import RunFacts
+from itel_dagster_bench.ground_truth import InputRecord
 
 
 def lookup_moments(records: list[InputRecord], runs: list[RunFacts]) -> dict[int, list[float]]:

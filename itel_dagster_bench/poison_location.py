@@ -1,6 +1,6 @@
 """The bench's code location with a bug one record hits: the project's definitions, with the
 tracking worker's row building and the API worker's payload building made to raise on the event
-named by ITEL_BENCH_POISON_EVENT_ID. Only `python -m itel_dagster.bench.poison_recovery` loads it;
+named by ITEL_BENCH_POISON_EVENT_ID. Only `python -m itel_dagster_bench.poison_recovery` loads it;
 it shows how the sensor's poison isolation gets a worker past a record no run can handle.
 """
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from itel_dagster.bench.dagster_path import DagsterDaemon, run_facts, wait_until_caught_up
-from itel_dagster.bench.ground_truth import end_offsets
-from itel_dagster.bench.seed_workers import API_WORKER, TRACKING_WORKER
-from itel_dagster.bench.stack import BenchStack
+from itel_dagster_bench.dagster_path import DagsterDaemon, run_facts, wait_until_caught_up
+from itel_dagster_bench.ground_truth import end_offsets
+from itel_dagster_bench.seed_workers import API_WORKER, TRACKING_WORKER
+from itel_dagster_bench.stack import BenchStack
 from itel_dagster.devstack.publisher.publish import publish_events
 from itel_dagster.settings.workers import WorkerSettings, load_workers
 

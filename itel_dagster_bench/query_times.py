@@ -6,7 +6,7 @@ checks them against tables written by the workers' stages): `--rows` events over
 `--appends` appends (several files per day, as before compaction), about 5 events per
 assignment moving assigned -> in_progress -> completed, and one ledger row per event.
 
-    python -m itel_dagster.bench.query_times [--rows 1000000] [--repeats 3] [--work-dir DIR]
+    python -m itel_dagster_bench.query_times [--rows 1000000] [--repeats 3] [--work-dir DIR]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import polars as pl
 from deltalake import write_deltalake
 
-from itel_dagster.bench.work_dir import WORK_DIR_HELP, bench_work_dir
+from itel_dagster_bench.work_dir import WORK_DIR_HELP, bench_work_dir
 from itel_dagster.query import named_queries as named
 from itel_dagster.query.named_queries import QueryTables
 

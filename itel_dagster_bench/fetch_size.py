@@ -2,7 +2,7 @@
 costs, on a fresh local broker: one range of N records read with each fetch size. Prints wall
 time, client CPU and consume() calls per read (median of --reads); asserts nothing.
 
-    python -m itel_dagster.bench.fetch_size [--records 20000] [--sizes 50 100 1000 10000]
+    python -m itel_dagster_bench.fetch_size [--records 20000] [--sizes 50 100 1000 10000]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-from itel_dagster.bench.process_cpu import cpu_seconds
+from itel_dagster_bench.process_cpu import cpu_seconds
 from itel_dagster.devstack.kafka.broker import LocalKafkaBroker
 from itel_dagster.devstack.kafka.topics import ensure_topics
 from itel_dagster.kafka.client_config import client_config

@@ -3,7 +3,7 @@ over TLS, every client of the pipeline configured only by the KAFKA_* variables)
 fresh bench stack, the same backlog, the code server and dagster-daemon with the repository's
 dagster.yaml, until both groups committed it.
 
-    python -m itel_dagster.bench.kafka_secure --events 400
+    python -m itel_dagster_bench.kafka_secure --events 400
 
 Prints one JSON object: per listener, the broker's start time, seconds and events/s from the
 first run's start to both groups at lag 0, and the tracking rows found.
@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from itel_dagster.bench.backlog_drain import drain_backlog
-from itel_dagster.bench.stack import BenchStack, StackChoices
+from itel_dagster_bench.backlog_drain import drain_backlog
+from itel_dagster_bench.stack import BenchStack, StackChoices
 from itel_dagster.resources.delta_tables import DeltaTablesResource
 from itel_dagster.settings.paths import PROJECT_ROOT
 

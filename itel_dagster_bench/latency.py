@@ -11,7 +11,7 @@ from datetime import datetime
 
 import polars as pl
 
-from itel_dagster.bench.ground_truth import InputRecord
+from itel_dagster_bench.ground_truth import InputRecord
 
 
 def percentiles(seconds: list[float]) -> dict[str, float | None]:

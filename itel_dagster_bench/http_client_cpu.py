@@ -2,7 +2,7 @@
 process, 20 ms added latency): httpx.Client.get against ApiHttpClient, same pool size and
 threads, in turns. Prints figures; asserts nothing.
 
-    python -m itel_dagster.bench.http_client_cpu [--requests 3000] [--threads 16] [--rounds 2]
+    python -m itel_dagster_bench.http_client_cpu [--requests 3000] [--threads 16] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from itel_dagster.bench.process_cpu import cpu_seconds
-from itel_dagster.bench.tracking_run import start_claimx
+from itel_dagster_bench.process_cpu import cpu_seconds
+from itel_dagster_bench.tracking_run import start_claimx
 from itel_dagster.devstack.claimx_world import FIRST_ASSIGNMENT_ID
 from itel_dagster.devstack.stack import CLAIMX_DEV_TOKEN
 from itel_dagster.resources.api_http_client import ApiHttpClient

@@ -17,21 +17,21 @@ from pathlib import Path
 
 import orjson
 
-from itel_dagster.bench.correctness import read_table
-from itel_dagster.bench.dagster_path import (
+from itel_dagster_bench.correctness import read_table
+from itel_dagster_bench.dagster_path import (
     DagsterDaemon,
     LagTimeout,
     RunFacts,
     run_facts,
     wait_until_caught_up,
 )
-from itel_dagster.bench.ground_truth import InputRecord, committed_messages, end_offsets, read_input
-from itel_dagster.bench.stack import BenchStack, StackChoices
+from itel_dagster_bench.ground_truth import InputRecord, committed_messages, end_offsets, read_input
+from itel_dagster_bench.stack import BenchStack, StackChoices
 from itel_dagster.crash_points import CRASH_POINTS_ENV, arm, armed, fired_times
 from itel_dagster.devstack.publisher.publish import publish_events
 from itel_dagster.kafka.offsets import group_progress
 from itel_dagster.settings.paths import PROJECT_ROOT
-from itel_dagster.bench.seed_workers import API_WORKER, TRACKING_WORKER
+from itel_dagster_bench.seed_workers import API_WORKER, TRACKING_WORKER
 from itel_dagster.settings.workers import WorkerSettings, load_workers
 
 WORKERS = (TRACKING_WORKER, API_WORKER)

@@ -2,7 +2,7 @@
 on a fresh local broker and Delta on disk: upstream events per second, the run's wall time split by
 stage, and how many seed events it published. Prints figures; asserts nothing.
 
-    python -m itel_dagster.bench.trigger_run [--records 5000] [--other-task-fraction 0.3]
+    python -m itel_dagster_bench.trigger_run [--records 5000] [--other-task-fraction 0.3]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import dagster as dg
 from confluent_kafka import Producer
 
-from itel_dagster.bench.tracking_run import stage_seconds
+from itel_dagster_bench.tracking_run import stage_seconds
 from itel_dagster.devstack.kafka.broker import LocalKafkaBroker
 from itel_dagster.devstack.kafka.topics import ensure_topics, pipeline_topics
 from itel_dagster.devstack.publisher.events import generate_records

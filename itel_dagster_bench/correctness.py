@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 from deltalake import DeltaTable
 
-from itel_dagster.bench.ground_truth import InputRecord, record_count
+from itel_dagster_bench.ground_truth import InputRecord, record_count
 from itel_dagster.kafka.offsets import group_progress
 from itel_dagster.settings.workers import WorkerSettings
 

@@ -2,7 +2,7 @@
 a simulator answering 503 to everything, with the breaker (threshold 5) and without one.
 Prints figures; asserts nothing.
 
-    python -m itel_dagster.bench.breaker_outage
+    python -m itel_dagster_bench.breaker_outage
 """
 
 from __future__ import annotations

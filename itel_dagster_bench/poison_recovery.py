@@ -3,7 +3,7 @@ can handle (a bug it hits, see poison_location.py), drained through Dagster with
 settings. It prints the time from the first failed run to lag 0 and checks that the poison record
 is dead-lettered once and every other record handled once:
 
-    python -m itel_dagster.bench.poison_recovery --worker api --events 10000
+    python -m itel_dagster_bench.poison_recovery --worker api --events 10000
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ from pathlib import Path
 
 import polars as pl
 
-from itel_dagster.bench.dagster_path import DagsterDaemon, run_facts, wait_until_caught_up
-from itel_dagster.bench.ground_truth import end_offsets, read_input, topic_messages
-from itel_dagster.bench.poison_location import POISON_ENV
-from itel_dagster.bench.stack import BenchStack, StackChoices
-from itel_dagster.bench.work_dir import WORK_DIR_HELP, bench_work_dir
+from itel_dagster_bench.dagster_path import DagsterDaemon, run_facts, wait_until_caught_up
+from itel_dagster_bench.ground_truth import end_offsets, read_input, topic_messages
+from itel_dagster_bench.poison_location import POISON_ENV
+from itel_dagster_bench.stack import BenchStack, StackChoices
+from itel_dagster_bench.work_dir import WORK_DIR_HELP, bench_work_dir
 from itel_dagster.devstack.publisher.publish import publish_events
 from itel_dagster.kafka.offsets import commit_offsets
 from itel_dagster.sensors.run_range_tags import ISOLATION_TAG
 from itel_dagster.settings.paths import PROJECT_ROOT
-from itel_dagster.bench.seed_workers import API_WORKER, TRACKING_WORKER
+from itel_dagster_bench.seed_workers import API_WORKER, TRACKING_WORKER
 from itel_dagster.settings.workers import load_workers
 
 WORKERS = {"tracking": TRACKING_WORKER, "api": API_WORKER}
@@ -54,7 +54,7 @@ def poison_recovery(work: Path, worker: str, events: int) -> dict:
                 commit_offsets(stack.bootstrap, s.consumer_group, s.input_topic, target)
         daemon = DagsterDaemon(work / "dagster_home", {**stack.env(), POISON_ENV: poison.event_id},
                                dagster_yaml, work / "logs/dagster_daemon.log",
-                               definitions_module="itel_dagster.bench.poison_location")
+                               definitions_module="itel_dagster_bench.poison_location")
         daemon.start()
         reached = wait_until_caught_up(stack.bootstrap, [chosen], target, 1800.0,
                                        check=daemon.check_alive)[chosen.name]

@@ -4,7 +4,7 @@ Kafka transaction (init_transactions, which fences older runs of the lane, then 
 the offsets committed together). Prints median wall, client CPU and broker CPU per run; asserts
 nothing.
 
-    python -m itel_dagster.bench.results_commit_cost [--runs 30] [--records 50 1000]
+    python -m itel_dagster_bench.results_commit_cost [--runs 30] [--records 50 1000]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from itel_dagster.bench.process_cpu import cpu_seconds
+from itel_dagster_bench.process_cpu import cpu_seconds
 from itel_dagster.devstack.kafka.broker import LocalKafkaBroker
 from itel_dagster.devstack.kafka.topics import ensure_topics
 from itel_dagster.kafka.offsets import commit_offsets

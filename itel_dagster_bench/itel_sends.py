@@ -2,7 +2,7 @@
 app.itel.yaml (rate limit lifted), one POST each and then in batches, against the iTel simulator in
 its own process with 20 ms added latency. Prints figures; asserts nothing.
 
-    python -m itel_dagster.bench.itel_sends [--events 1000] [--latency-ms 20] [--assignments 200]
+    python -m itel_dagster_bench.itel_sends [--events 1000] [--latency-ms 20] [--assignments 200]
 """
 
 from __future__ import annotations

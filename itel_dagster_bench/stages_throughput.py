@@ -1,6 +1,6 @@
 """Throughput of transform + validate on tracking events of about 1.6 KB.
 
-    python -m itel_dagster.stages.bench_stages [--events N] [--batch-size N] [--bad-every N]
+    python -m itel_dagster_bench.stages_throughput [--events N] [--batch-size N] [--bad-every N]
 
 Prints events/s per stage and in total (best of --repeat runs). `tracking_event` is also the
 tests' source of well-formed events, consistent with the dev stack's ClaimX world.

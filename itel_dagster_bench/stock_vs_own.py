@@ -4,7 +4,7 @@ server, `dagster-daemon run`). The stock YAML is dagster.yaml without its three 
 so it follows every other change of that file. Prints both figures and the invariants; exits 1
 when either drain lost or doubled something.
 
-    python -m itel_dagster.bench.stock_vs_own [--events 600]
+    python -m itel_dagster_bench.stock_vs_own [--events 600]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from itel_dagster.bench.crash_stack import CrashStack
+from itel_dagster_bench.crash_stack import CrashStack
 from itel_dagster.settings.paths import PROJECT_ROOT
 
 PROJECT_DAGSTER_YAML = PROJECT_ROOT / "dagster.yaml"

@@ -2,7 +2,7 @@
 simulator (20 ms added latency) and Delta on disk: records per second, the run's wall time split
 by stage, and ClaimX requests per event. Prints figures; asserts nothing.
 
-    python -m itel_dagster.bench.tracking_run [--records 10000] [--claimx-latency-ms 20]
+    python -m itel_dagster_bench.tracking_run [--records 10000] [--claimx-latency-ms 20]
         [--record-kb 250 --max-bytes-per-run 32000000]
 
 --record-kb pads each event's task.technician_notes so the record is about that large (the
@@ -37,7 +37,7 @@ from itel_dagster.metrics.process_memory import peak_rss_mb, reset_peak_rss
 from itel_dagster.sensors.dispatch_plan import KafkaRange, PlannedRange, PlannedRun
 from itel_dagster.sensors.kafka_worker_sensor import partition_key_for, range_run_config, run_tags
 from itel_dagster.settings.paths import config_dir
-from itel_dagster.bench.seed_workers import TRACKING_WORKER
+from itel_dagster_bench.seed_workers import TRACKING_WORKER
 from itel_dagster.settings.workers import WORKERS_FILE, load_workers
 
 

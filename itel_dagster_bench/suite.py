@@ -21,27 +21,27 @@ import polars as pl
 from confluent_kafka import Producer
 from tqdm import tqdm
 
-from itel_dagster.bench.claimx_bound import requests_bound
-from itel_dagster.bench.correctness import Check, check_all, read_table
-from itel_dagster.bench.cpu_shares import CpuSampler, cpu_shares
-from itel_dagster.bench.dagster_path import (
+from itel_dagster_bench.claimx_bound import requests_bound
+from itel_dagster_bench.correctness import Check, check_all, read_table
+from itel_dagster_bench.cpu_shares import CpuSampler, cpu_shares
+from itel_dagster_bench.dagster_path import (
     DagsterDaemon,
     RunFacts,
     between_runs,
     run_facts,
     wait_until_caught_up,
 )
-from itel_dagster.bench.ground_truth import end_offsets, read_input
-from itel_dagster.bench.in_process import in_process_settings, run_in_process
-from itel_dagster.bench.latency import itel_latencies, percentiles, tracking_latencies
-from itel_dagster.bench.memory import CODE_SERVER, DAEMON, FORK_SERVER, RUN, MemorySampler
-from itel_dagster.bench.stack import BenchStack, StackChoices
+from itel_dagster_bench.ground_truth import end_offsets, read_input
+from itel_dagster_bench.in_process import in_process_settings, run_in_process
+from itel_dagster_bench.latency import itel_latencies, percentiles, tracking_latencies
+from itel_dagster_bench.memory import CODE_SERVER, DAEMON, FORK_SERVER, RUN, MemorySampler
+from itel_dagster_bench.stack import BenchStack, StackChoices
 from itel_dagster.launchers.warm_fork_run_launcher import RUN_PID_TAG
 from itel_dagster.devstack.publisher.events import live_records
 from itel_dagster.devstack.publisher.publish import publish_events
 from itel_dagster.kafka.client_config import client_config
 from itel_dagster.settings.paths import PROJECT_ROOT
-from itel_dagster.bench.seed_workers import API_WORKER, TRACKING_WORKER
+from itel_dagster_bench.seed_workers import API_WORKER, TRACKING_WORKER
 from itel_dagster.settings.workers import load_workers
 
 SHORT = {TRACKING_WORKER: "tracking", API_WORKER: "api"}

@@ -17,8 +17,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from itel_dagster.bench.crash_stack import WORKERS, Batch, CrashStack, Invariants
-from itel_dagster.bench.seed_workers import API_WORKER
+from itel_dagster_bench.crash_stack import WORKERS, Batch, CrashStack, Invariants
+from itel_dagster_bench.seed_workers import API_WORKER
 from itel_dagster.kafka.offsets import GroupProgressReader
 from itel_dagster.resources.itel_api import ROUND_EVENTS_PER_CONNECTION
 from itel_dagster.settings.connections import load_itel_connection

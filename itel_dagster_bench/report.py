@@ -14,7 +14,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from itel_dagster.bench.suite import BenchRun
+from itel_dagster_bench.suite import BenchRun
 from itel_dagster.settings.paths import PROJECT_ROOT
 
 WORKERS = ("tracking", "api")

@@ -3,7 +3,7 @@ SQLite files, in PostgreSQL (ITEL_STATE_URL), and with Dagster's storage on Post
 (deploy/dagster.postgres.yaml): per leg a fresh bench stack and broker, the same backlog, a code
 server and dagster-daemon, until both consumer groups committed it.
 
-    python -m itel_dagster.bench.state_backends --events 400
+    python -m itel_dagster_bench.state_backends --events 400
 
 Prints one JSON object: per leg, seconds and events/s from the first run's start to both groups
 at lag 0, ClaimX GETs made; the PostgreSQL server's start time.
@@ -19,8 +19,8 @@ import time
 import uuid
 from pathlib import Path
 
-from itel_dagster.bench.backlog_drain import drain_backlog
-from itel_dagster.bench.stack import BenchStack, StackChoices
+from itel_dagster_bench.backlog_drain import drain_backlog
+from itel_dagster_bench.stack import BenchStack, StackChoices
 from itel_dagster.devstack.postgres import LocalPostgres
 from itel_dagster.settings.paths import PROJECT_ROOT
 # leg -> (state in PostgreSQL, Dagster's instance file)

@@ -2,7 +2,7 @@
 for each store a fresh bench stack (broker, simulators, config copy), the same backlog, the code
 server and dagster-daemon with the repository's dagster.yaml, until both groups committed it.
 
-    python -m itel_dagster.bench.delta_object_store --events 400
+    python -m itel_dagster_bench.delta_object_store --events 400
 
 Prints one JSON object: per store, seconds and events/s from the first run's start to both groups
 at lag 0 (and from the code server's start), the tracking rows found; Azurite's start time.
@@ -19,8 +19,8 @@ import time
 import uuid
 from pathlib import Path
 
-from itel_dagster.bench.backlog_drain import drain_backlog
-from itel_dagster.bench.stack import BenchStack, StackChoices
+from itel_dagster_bench.backlog_drain import drain_backlog
+from itel_dagster_bench.stack import BenchStack, StackChoices
 from itel_dagster.devstack.azurite import LocalAzurite
 from itel_dagster.resources.delta_tables import DeltaTablesResource
 from itel_dagster.settings.paths import PROJECT_ROOT

@@ -5,7 +5,7 @@ worker's group is committed to the backlog's end first, so only this worker's se
 worker's in-process limit measured alone. This tells the cost of going through Dagster apart from
 the cost of sharing the cores with the other worker:
 
-    python -m itel_dagster.bench.solo_catch_up --worker tracking --events 100000 --in-process
+    python -m itel_dagster_bench.solo_catch_up --worker tracking --events 100000 --in-process
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import argparse
 import json
 from pathlib import Path
 
-from itel_dagster.bench.dagster_path import DagsterDaemon, run_facts, wait_until_caught_up
-from itel_dagster.bench.ground_truth import end_offsets
-from itel_dagster.bench.in_process import run_in_process
-from itel_dagster.bench.stack import BenchStack, StackChoices
-from itel_dagster.bench.work_dir import WORK_DIR_HELP, bench_work_dir
-from itel_dagster.bench.suite import SHORT, catch_up_figures, stack_cpu_sampler
+from itel_dagster_bench.dagster_path import DagsterDaemon, run_facts, wait_until_caught_up
+from itel_dagster_bench.ground_truth import end_offsets
+from itel_dagster_bench.in_process import run_in_process
+from itel_dagster_bench.stack import BenchStack, StackChoices
+from itel_dagster_bench.work_dir import WORK_DIR_HELP, bench_work_dir
+from itel_dagster_bench.suite import SHORT, catch_up_figures, stack_cpu_sampler
 from itel_dagster.devstack.publisher.publish import publish_events
 from itel_dagster.kafka.offsets import commit_offsets
 from itel_dagster.settings.paths import PROJECT_ROOT

@@ -10,7 +10,7 @@ without maintenance, right after compaction + checkpoint, and just before the ne
 (compact_min_files small files on top); the compaction's time and files; the _delta_log size;
 one assignment's lifecycle read over the 30 days.
 
-    python -m itel_dagster.bench.steady [--quick] [--files 1,1000,5000,17000] [--json PATH]
+    python -m itel_dagster_bench.steady [--quick] [--files 1,1000,5000,17000] [--json PATH]
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import polars as pl
 from deltalake import DeltaTable, write_deltalake
 from deltalake.transaction import AddAction
 
-from itel_dagster.bench.report import machine
-from itel_dagster.bench.work_dir import WORK_DIR_HELP, bench_work_dir
+from itel_dagster_bench.report import machine
+from itel_dagster_bench.work_dir import WORK_DIR_HELP, bench_work_dir
 from itel_dagster.devstack import claimx_world as world
 from itel_dagster.resources.delta_maintenance import (
     checkpoint,
@@ -43,9 +43,9 @@ from itel_dagster.resources.delta_maintenance import (
 from itel_dagster.resources.delta_tables import PARTITION_COLUMNS, DeltaTableWriter, dedupe_since
 from itel_dagster.settings.connections import load_itel_connection
 from itel_dagster.settings.maintenance import load_maintenance
-from itel_dagster.bench.seed_workers import TRACKING_WORKER
+from itel_dagster_bench.seed_workers import TRACKING_WORKER
 from itel_dagster.settings.workers import load_workers
-from itel_dagster.stages.bench_stages import TOPIC, tracking_event
+from itel_dagster_bench.stages_throughput import TOPIC, tracking_event
 from itel_dagster.stages.enrich import apply_lookups
 from itel_dagster.stages.itel_payload import with_payloads
 from itel_dagster.stages.raw_batch import raw_batch_from_records
