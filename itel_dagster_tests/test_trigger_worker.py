@@ -198,3 +198,26 @@ def test_the_dead_letter_replay_refuses_the_triggers_error_records(pipeline):
     assert all("trigger_name" in json.loads(m.value())
                for m in pipeline.consume_all(trigger.success_topic))
 
+
+
+def test_the_demo_publishers_upstream_mode_feeds_the_trigger_and_the_workers(pipeline,
+                                                                            itel_simulator):
+    """`itel-dagster publish --upstream` (as `up` runs it): its ClaimX task events go through the
+    trigger to both workers, the task's once each, the other tasks' nowhere."""
+    from itel_dagster.devstack.publisher.publish import publish_events
+
+    trigger = _trigger()
+    summary = publish_events(pipeline.bootstrap, trigger.input_topic, count=40, days=0.05,
+                             seed=24, progress=False, upstream=True, other_task_fraction=0.3)
+    assert summary.total == 40
+    upstream = [json.loads(m.value()) for m in pipeline.consume_all(trigger.input_topic)]
+    others = {e["event_id"] for e in upstream if e["task_id"] != 32513}
+    assert others and len(upstream) == 40
+    assert all(r.success for r in pipeline.drain(trigger.name))
+    forwarded = _forwarded(pipeline)
+    assert forwarded and set(forwarded.values()) == {1} and not set(forwarded) & others
+    assert all(r.success for r in pipeline.drain(TRACKING))
+    assert all(r.success for r in pipeline.drain(API))
+    assert sorted(pipeline.tracking_table()["event_id"].to_list()) == sorted(forwarded)
+    accepted = Counter(r["idempotency_key"] for r in itel_simulator.accepted_requests())
+    assert set(accepted) == set(forwarded) and set(accepted.values()) == {1}
