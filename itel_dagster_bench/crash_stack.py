@@ -251,7 +251,8 @@ class CrashStack:
         row_ids = rows["event_id"]
         sends = {r["idempotency_key"]: r["requests"] for r in self.stack.itel_requests()}
         lost_results = duplicate_results = lag = 0
-        for worker in workers.values():
+        # The two workers of the batch's records (the trigger, if configured, reads another topic).
+        for worker in (workers[name] for name in WORKERS):
             found = Counter(_input_coordinates(m) for m in committed_messages(
                 self.bootstrap, [worker.success_topic, worker.error_topic]))
             for record in batch.records:
