@@ -39,6 +39,7 @@ from itel_dagster.resources.delta_maintenance import (
     compact_day,
     compact_open_day,
     day_file_count,
+    file_stats,
 )
 from itel_dagster.resources.delta_tables import PARTITION_COLUMNS, DeltaTableWriter, dedupe_since
 from itel_dagster.settings.connections import load_itel_connection
@@ -120,23 +121,6 @@ class RunRows:
         return ledger_rows(sent, run_id=f"bench-run-{self.run}")
 
 
-def file_stats(rows: pl.DataFrame) -> str:
-    """The Delta `stats` of one file of `rows`, as delta-rs writes them: numRecords, min/max
-    and null counts (long text columns, such as the ClaimX task JSON, without min/max)."""
-    data = rows.drop(PARTITION_COLUMNS)
-    short = [c for c, t in data.schema.items()
-             if t != pl.String or (data[c].str.len_chars().max() or 0) <= 64]
-
-    def values(frame: pl.DataFrame) -> dict:
-        return {k: v.isoformat().replace("+00:00", "Z") if isinstance(v, datetime) else v
-                for k, v in frame.row(0, named=True).items() if v is not None}
-
-    return json.dumps({"numRecords": rows.height,
-                       "minValues": values(data.select(pl.col(short).min())),
-                       "maxValues": values(data.select(pl.col(short).max())),
-                       "nullCount": data.null_count().row(0, named=True)})
-
-
 class Table:
     """One Delta table, appended to as the live runs leave it: one small file per run.
 
@@ -179,7 +163,8 @@ class Table:
         rows.drop(PARTITION_COLUMNS).write_parquet(path)
         return AddAction(relative, path.stat().st_size,
                          {"year": str(day.year), "month": str(day.month), "day": str(day.day)},
-                         int(time.time() * 1000), True, file_stats(rows))
+                         int(time.time() * 1000), True,
+                         file_stats(rows.drop(PARTITION_COLUMNS)))
 
     def reopen(self) -> None:
         self._table = DeltaTable(self.uri)

@@ -197,3 +197,99 @@ def test_live_merges_during_open_day_compactions_lose_no_row_and_write_each_key_
     table = pl.read_delta(uri)
     assert set(written) <= set(table["event_id"])
     assert table.height == table["event_id"].n_unique() == 28 * 5 + len(written)
+
+
+def _day_of_buckets(uri: str, runs: int) -> datetime:
+    """`runs` runs a minute apart from START (08:00), each its own commit and file: runs/15
+    buckets of write time, none compacted yet. Returns the compaction's `now`."""
+    write_deltalake(uri, run_rows("event_id", "ingested_at", START), partition_by=PARTITION_COLUMNS)
+    table = DeltaTable(uri)
+    for i in range(1, runs):
+        write_deltalake(table, run_rows("event_id", "ingested_at", START + timedelta(minutes=i)),
+                        mode="append")
+    return START + timedelta(hours=3)
+
+
+def test_a_never_compacted_day_of_many_buckets_is_compacted_in_one_commit(tmp_path):
+    uri = str(tmp_path / "t")
+    now = _day_of_buckets(uri, runs=90)  # 08:00-09:29: six 15-minute buckets
+    table = DeltaTable(uri)
+    version, before = table.version(), pl.read_delta(uri).sort("event_id")
+
+    result = compact_open_day(table, DAY, now, 256 * 1024 * 1024)
+
+    assert (result.compacted, result.files_before, result.files_after) == (True, 90, 6)
+    assert DeltaTable(uri).version() == version + 1  # one commit for all six buckets
+    assert pl.read_delta(uri).sort("event_id").equals(before)
+    # Each new file holds one bucket, and its statistics prune: a window from 09:20 reads one.
+    actions = pl.DataFrame(DeltaTable(uri).get_add_actions(flatten=True))
+    assert actions["num_records"].to_list() == [75] * 6
+    writer = DeltaTableWriter(uri, dedupe_days=1)
+    late = before.filter(pl.col("ingested_at") >= START + timedelta(minutes=89))
+    assert writer.merge_new_rows(late, since=START + timedelta(minutes=80)).inserted == 0
+    assert writer.last_merge_metrics["num_target_files_scanned"] == 1
+
+
+def _commit_between_plan_and_commit(monkeypatch, concurrent) -> None:
+    """The first open-day compaction planned runs `concurrent` after writing its new files and
+    before committing them."""
+    from itel_dagster.resources import delta_maintenance
+
+    rewrite, calls = delta_maintenance._rewrite_buckets, []
+
+    def rewrite_then_concurrent(*args, **kwargs):
+        actions = rewrite(*args, **kwargs)
+        if not calls:
+            calls.append(1)
+            concurrent()
+        return actions
+
+    monkeypatch.setattr(delta_maintenance, "_rewrite_buckets", rewrite_then_concurrent)
+
+
+def compacted_files_on_disk(uri: str) -> set[str]:
+    return {p.name for p in Path(uri).rglob("part-compacted-*.parquet")}
+
+
+def test_an_open_day_compaction_that_loses_to_a_backfill_runs_again_and_resurrects_no_row(
+        tmp_path, monkeypatch):
+    uri = str(tmp_path / "t")
+    now = _day_of_buckets(uri, runs=40)
+    replacement = run_rows("event_id", "ingested_at", START + timedelta(minutes=5), n=7)
+    after_backfill = []
+
+    def backfill() -> None:  # replaces the day's files with new ones (the same rows, 7 more)
+        DeltaTableWriter(uri).replace_day(replacement, (DAY.year, DAY.month, DAY.day), held={})
+        after_backfill.append(pl.read_delta(uri).sort("event_id"))
+
+    _commit_between_plan_and_commit(monkeypatch, backfill)
+
+    result = compact_open_day(DeltaTable(uri), DAY, now, 256 * 1024 * 1024,
+                              Retrying(max_retries=3, backoff_seconds=0.01))
+
+    assert result.attempts == 2 and not result.gave_up
+    # Each row once, as the backfill left the day: the first attempt's rewrite of the files the
+    # backfill replaced would have put them back beside the backfill's.
+    assert pl.read_delta(uri).sort("event_id").equals(after_backfill[0])
+    assert after_backfill[0].height == 40 * 5 + 7
+    # The lost attempt's new files were deleted; the ones on disk are the table's.
+    live = {Path(p).name for p in DeltaTable(uri).file_uris()}
+    assert compacted_files_on_disk(uri) <= live
+
+
+def test_two_open_day_compactions_planned_on_one_snapshot_write_each_row_once(
+        tmp_path, monkeypatch):
+    uri = str(tmp_path / "t")
+    now = _day_of_buckets(uri, runs=40)
+    rows_before = pl.read_delta(uri).height
+    _commit_between_plan_and_commit(
+        monkeypatch, lambda: compact_open_day(DeltaTable(uri), DAY, now, 256 * 1024 * 1024))
+
+    result = compact_open_day(DeltaTable(uri), DAY, now, 256 * 1024 * 1024,
+                              Retrying(max_retries=3, backoff_seconds=0.01))
+
+    # The second commit removes files the first already removed: refused, and on the new
+    # snapshot there is nothing left to compact.
+    assert result.attempts == 2 and not result.compacted
+    table = pl.read_delta(uri)
+    assert table.height == table["event_id"].n_unique() == rows_before

@@ -64,7 +64,8 @@ def compact_day_partition(context: dg.OpExecutionContext, config: CompactionConf
     closed_at = datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + timedelta(days=1)
     if now < closed_at + timedelta(hours=MAINTENANCE.closed_day_delay_hours):
         # Live runs still write the day: compacted by write time, so their dedupe skips most of it.
-        result = compact_open_day(table, day, now, target_size, _retrying())
+        result = compact_open_day(table, day, now, target_size, _retrying(),
+                                  delta_storage_options())
     else:
         result = compact_day(table, day, target_size, _retrying())
     if result.gave_up:

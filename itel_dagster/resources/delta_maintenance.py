@@ -6,18 +6,25 @@ raising into the caller's run. It never changes a row: compaction only rewrites 
 
 from __future__ import annotations
 
+import json
 import random
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from typing import TypeVar
+from urllib.parse import unquote
 
 import polars as pl
-from deltalake import DeltaTable, write_deltalake
+import pyarrow.parquet as pq
+from deltalake import DeltaTable
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.fs import DeltaStorageHandler
+from deltalake.transaction import AddAction, RemoveAction
+from pyarrow.fs import PyFileSystem
 
-from itel_dagster.resources.delta_tables import time_literal, write_time_column
+from itel_dagster.resources.delta_tables import PARTITION_COLUMNS, write_time_column
 
 T = TypeVar("T")
 
@@ -96,28 +103,86 @@ SETTLE = timedelta(minutes=1)
 
 
 def _buckets_to_compact(table: DeltaTable, day: date, column: str, settled: datetime
-                        ) -> dict[datetime, int]:
-    """bucket start -> files of the day written within that bucket (by their min/max statistics,
-    all before `settled`), for buckets of at least 2 such files."""
+                        ) -> pl.DataFrame:
+    """One row per file of the day written within one BUCKET of write time (by its min/max
+    statistics, all before `settled`) whose bucket holds at least 2 such files: path, size,
+    partition values, bucket start."""
     actions = pl.DataFrame(table.get_add_actions(flatten=True))
     low, high = pl.col(f"min.{column}"), pl.col(f"max.{column}")
     bucket = low.dt.truncate(f"{int(BUCKET.total_seconds())}s")
-    return dict(
+    return (
         actions.filter(
             (pl.col("partition.year").cast(pl.Int64) == day.year)
             & (pl.col("partition.month").cast(pl.Int64) == day.month)
             & (pl.col("partition.day").cast(pl.Int64) == day.day)
             & (high < bucket + BUCKET) & (high < settled))
-        .group_by(bucket.alias("bucket")).len().filter(pl.col("len") >= 2).rows())
+        .with_columns(bucket.alias("bucket"))
+        .filter(pl.len().over("bucket") >= 2)
+        .select("path", "size_bytes", "bucket",
+                *(pl.col(f"partition.{c}").cast(pl.String).alias(c) for c in PARTITION_COLUMNS))
+    )
+
+
+def _stat_value(value):
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def file_stats(rows: pl.DataFrame) -> str:
+    """Delta `stats` of one file of `rows`: numRecords, nullCount, and min/max of the primitive
+    columns (strings only up to 32 characters, as delta-rs truncates longer ones), so readers
+    prune by them as they do by the files delta-rs writes."""
+    primitive = [c for c, t in rows.schema.items()
+                 if t.is_numeric() or t.is_temporal() or t == pl.Boolean
+                 or (t == pl.String and (rows[c].str.len_chars().max() or 0) <= 32)]
+
+    def values(frame: pl.DataFrame) -> dict:
+        return {k: _stat_value(v) for k, v in frame.row(0, named=True).items() if v is not None}
+
+    nulls = rows.select(pl.col(c).null_count() for c, t in rows.schema.items()
+                        if not isinstance(t, pl.Struct))
+    return json.dumps({"numRecords": rows.height,
+                       "minValues": values(rows.select(pl.col(primitive).min())),
+                       "maxValues": values(rows.select(pl.col(primitive).max())),
+                       "nullCount": nulls.row(0, named=True)})
+
+
+def _rewrite_buckets(table: DeltaTable, files: pl.DataFrame, column: str,
+                     storage_options: dict[str, str] | None) -> list:
+    """Each bucket's files read and written again as one file (rows in write-time order);
+    the actions that swap them: one add per bucket, one remove per old file. dataChange true,
+    as a predicate overwrite has it: delta-rs then refuses the commit when a concurrent one
+    removed any of these files (a backfill's replace of the day)."""
+    filesystem = PyFileSystem(DeltaStorageHandler(table.table_uri, storage_options))
+    now_ms = int(time.time() * 1000)
+    actions: list = []
+    for (_bucket,), group in files.group_by("bucket", maintain_order=True):
+        old = group["path"].to_list()
+        rows = pl.from_arrow(pq.read_table([unquote(p) for p in old], filesystem=filesystem,
+                                           partitioning=None)).sort(column)
+        values = {c: group[c][0] for c in PARTITION_COLUMNS}
+        directory = "/".join(f"{c}={values[c]}" for c in PARTITION_COLUMNS)
+        path = f"{directory}/part-compacted-{uuid.uuid4()}.parquet"
+        pq.write_table(rows.to_arrow(), path, filesystem=filesystem)
+        size = filesystem.get_file_info(path).size
+        actions.append(AddAction(path, size, values, now_ms, True, file_stats(rows)))
+        actions.extend(RemoveAction(p, True, now_ms, s, values)
+                       for p, s in zip(old, group["size_bytes"].to_list()))
+    return actions
 
 
 def compact_open_day(table: DeltaTable, day: date, now: datetime, target_size: int,
-                     retrying: Retrying = Retrying()) -> CompactResult:
+                     retrying: Retrying = Retrying(),
+                     storage_options: dict[str, str] | None = None) -> CompactResult:
     """Compaction of a day live runs still write: the files of each BUCKET of write time
-    (WRITE_TIME_COLUMNS) into one, by a predicate overwrite of the bucket's rows (the same rows,
-    in new files; a live commit of rows of that bucket in between makes it fail and run again).
-    Cost: the buckets with new files since the last compaction, not the day. A table without a
-    write-time column is bin-packed (compact_day)."""
+    (WRITE_TIME_COLUMNS) become one file, and every bucket's swap is ONE commit (removes of the
+    old files, adds of the new; the same rows). A concurrent commit that removed one of those
+    files (a backfill's replace, another compaction) makes it fail and run again on a new
+    snapshot; a live run's append does not touch them. Cost: the files rewritten, not the day or
+    the number of buckets. A table without a write-time column is bin-packed (compact_day)."""
     column = write_time_column(f.name for f in table.schema().fields)
     if column is None:
         return compact_day(table, day, target_size, retrying)
@@ -125,21 +190,21 @@ def compact_open_day(table: DeltaTable, day: date, now: datetime, target_size: i
     settled = now - SETTLE
 
     def attempt_once(attempt: int) -> int:
-        rewritten = 0
         table.update_incremental()
-        for low, files in sorted(_buckets_to_compact(table, day, column, settled).items()):
-            high = min(low + BUCKET, settled)
-            predicate = (f"year = {day.year} AND month = {day.month} AND day = {day.day}"
-                         f" AND {column} >= '{time_literal(low)}'"
-                         f" AND {column} < '{time_literal(high)}'")
-            rows = table.to_pyarrow_table(filters=[
-                ("year", "=", day.year), ("month", "=", day.month), ("day", "=", day.day),
-                (column, ">=", low), (column, "<", high)])
-            write_deltalake(table, rows, mode="overwrite", predicate=predicate,
-                            target_file_size=target_size)
-            table.update_incremental()
-            rewritten += files
-        return rewritten
+        files = _buckets_to_compact(table, day, column, settled)
+        if files.is_empty():
+            return 0
+        actions = _rewrite_buckets(table, files, column, storage_options)
+        try:
+            table.create_write_transaction(actions, mode="append", schema=table.schema(),
+                                           partition_by=PARTITION_COLUMNS)
+        except CommitFailedError:
+            filesystem = PyFileSystem(DeltaStorageHandler(table.table_uri, storage_options))
+            for action in actions:  # the new files no commit refers to
+                if isinstance(action, AddAction):
+                    filesystem.delete_file(action.path)
+            raise
+        return files.height
 
     rewritten, attempts = retrying.run(attempt_once)
     table.update_incremental()
