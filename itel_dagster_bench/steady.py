@@ -5,7 +5,7 @@ Both tables are built as the workers leave them: a 30-day table (closed days wri
 appends, then compacted once, as the maintenance sensor does), then today's partition grown one
 append (one commit, one small file) at a time, the rows made by the workers' own stages
 (transform, validate, tracking_rows, ledger_rows). At each size: the median per-run write (a new
-DeltaTableWriter, as a run makes one, and merge_new_rows: the tracking MERGE and the ledger MERGE)
+DeltaTableWriter, as a run makes one, and merge_new_rows: the tracking and the ledger write)
 without maintenance, right after compaction + checkpoint, and just before the next compaction
 (compact_min_files small files on top); the compaction's time and files; the _delta_log size;
 one assignment's lifecycle read over the 30 days.
@@ -176,12 +176,11 @@ def dedupe_window_hours() -> float:
     return load_workers()[TRACKING_WORKER].dedupe_window_hours
 
 
-def per_run_ms(uri: str, table: str, rows: RunRows, merge_rows: int, repeats: int
-               ) -> tuple[float, int]:
-    """Median wall time of a run's Delta write: the writer a run makes, and its MERGE within the
-    dedupe window (after one untimed run, so that no size pays for the first use of this table's
-    files); and the files the last MERGE read (delta-rs num_target_files_scanned)."""
-    timings, scanned = [], 0
+def per_run_ms(uri: str, table: str, rows: RunRows, merge_rows: int, repeats: int) -> float:
+    """Median wall time of a run's Delta write: the writer a run makes, and its merge_new_rows
+    within the dedupe window (the key check and the append) (after one untimed run, so that no size pays for the first use of this table's
+    files)."""
+    timings = []
     for _ in range(repeats + 1):
         batch = rows.rows(table, merge_rows, TODAY)
         since = dedupe_since(pl.Series([rows.last_timestamp]), dedupe_window_hours())
@@ -189,8 +188,7 @@ def per_run_ms(uri: str, table: str, rows: RunRows, merge_rows: int, repeats: in
         writer = DeltaTableWriter(uri, key=TABLES[table], dedupe_days=1)
         writer.merge_new_rows(batch, since=since)
         timings.append((time.perf_counter() - began) * 1000)
-        scanned = int(writer.last_merge_metrics.get("num_target_files_scanned", -1))
-    return round(statistics.median(timings[1:]), 1), scanned
+    return round(statistics.median(timings[1:]), 1)
 
 
 def log_size(uri: str) -> dict[str, int]:
@@ -231,8 +229,7 @@ def measure_size(work: Path, table: Table, files: int, args, target_size: int,
     """Today at `files` small files: the run's write without maintenance, then on a copy of
     the table compacted and checkpointed, and with compact_min_files more small files."""
     no_maintenance = per_run_ms(table.uri, table.name, table.rows, args.merge_rows, args.repeats)
-    figures = {"no_maintenance_ms": no_maintenance[0],
-               "no_maintenance_files_read": no_maintenance[1], "delta_log": log_size(table.uri),
+    figures = {"no_maintenance_ms": no_maintenance, "delta_log": log_size(table.uri),
                "lifecycle_read": lifecycle_read_ms(table.uri)}
     copy = str(work / f"{table.name}-maintained")
     shutil.rmtree(copy, ignore_errors=True)
@@ -246,14 +243,14 @@ def measure_size(work: Path, table: Table, files: int, args, target_size: int,
     after = per_run_ms(copy, table.name, table.rows, args.merge_rows, args.repeats)
     figures.update({
         "compaction_seconds": seconds, "files_after_compaction": compacted.files_after,
-        "compacted_ms": after[0], "compacted_files_read": after[1],
+        "compacted_ms": after,
         "lifecycle_read_compacted": lifecycle_read_ms(copy),
     })
     maintained = Table(copy, table.name, table.rows, args.rows_per_file)  # runs' own commits
     maintained.reopen()
     maintained.append(TODAY, compact_min_files)
     before_next = per_run_ms(copy, table.name, table.rows, args.merge_rows, args.repeats)
-    figures["before_next_compaction_ms"], figures["before_next_compaction_files_read"] = before_next
+    figures["before_next_compaction_ms"] = before_next
     shutil.rmtree(copy, ignore_errors=True)
     return figures
 

@@ -140,7 +140,7 @@ def test_live_merges_during_compactions_never_fail_and_write_each_event_once(tmp
     compactions = []
     try:
         deadline = datetime.now() + timedelta(seconds=8)
-        while datetime.now() < deadline and (len(compactions) < 3 or live.fresh_loads < 2):
+        while datetime.now() < deadline and (len(compactions) < 3 or len(written) < 40):
             small_files(uri, 5)
             compactions.append(compact_day(DeltaTable(uri), DAY, 64 * 1024 * 1024, NO_WAIT))
     finally:
@@ -149,12 +149,14 @@ def test_live_merges_during_compactions_never_fail_and_write_each_event_once(tmp
 
     assert not errors, errors
     assert any(c.compacted for c in compactions)
-    assert live.fresh_loads >= 2, "no live MERGE lost its commit to a compaction"
+    # The live write is a key check and an append: a compaction only rewrites rows, so it never
+    # makes a live commit fail (a MERGE that read the files it replaced lost its commit).
+    assert live.fresh_loads == 1, "a live write lost its commit to a compaction"
     table = pl.read_delta(uri)
     assert set(written) <= set(table["event_id"])
     assert table["event_id"].n_unique() == table.height  # each event once
     operations = [entry["operation"] for entry in DeltaTable(uri).history()]
-    assert "OPTIMIZE" in operations and "MERGE" in operations
+    assert "OPTIMIZE" in operations and "WRITE" in operations
 
 
 def test_the_sensor_asks_for_today_past_the_threshold_and_each_closed_day_once(tmp_path):

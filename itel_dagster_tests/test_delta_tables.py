@@ -53,3 +53,42 @@ def test_replacing_a_day_reads_only_that_day_and_leaves_out_keys_of_the_day_befo
     table = pl.read_delta(str(tmp_path / "table"))
     assert sorted(table.select("event_id", "day").rows()) == [
         ("a", 30), ("b", 30), ("c", 1), ("d", 1), ("e", 1)]
+
+
+class StaleOnceWriter(DeltaTableWriter):
+    """A writer whose first key check runs on `snapshot`, loaded before another writer's commit."""
+
+    def __init__(self, uri: str, snapshot, **kwargs):
+        super().__init__(uri, **kwargs)
+        self._stale, self.fresh_loads = snapshot, 0
+
+    def _load(self):
+        if self._stale is not None:
+            table, self._stale = self._stale, None
+            return table
+        if self._table is None:
+            self.fresh_loads += 1
+        return super()._load()
+
+
+@pytest.mark.parametrize(("first", "other_day"), [("live", False), ("live", True),
+                                                  ("backfill", False)])
+def test_two_writers_that_checked_on_one_snapshot_insert_a_key_once(tmp_path, first, other_day):
+    # Both check their keys on the same snapshot and neither sees the other's key; the append is
+    # blind, so only the commit's application transaction makes the second one check again.
+    from deltalake import DeltaTable
+
+    uri, day, next_day = str(tmp_path / "t"), (2026, 11, 30), (2026, 12, 1)
+    DeltaTableWriter(uri).merge_new_rows(rows(["a"], day))
+    snapshot = DeltaTable(uri)
+    if first == "live":
+        DeltaTableWriter(uri, dedupe_days=1).merge_new_rows(rows(["k"], day))
+    else:  # a backfill rebuilds the day from Kafka, which now holds k
+        DeltaTableWriter(uri, dedupe_days=1).replace_day(rows(["a", "k"], day), day, held={})
+    second = StaleOnceWriter(uri, snapshot, dedupe_days=1)
+
+    result = second.merge_new_rows(rows(["k", "m"], next_day if other_day else day))
+
+    assert (result.inserted, result.already_present) == (1, 1)
+    assert second.fresh_loads == 1  # its first commit failed; it checked again
+    assert sorted(pl.read_delta(uri)["event_id"]) == ["a", "k", "m"]

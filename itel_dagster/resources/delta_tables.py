@@ -1,16 +1,17 @@
 """Delta tables under ITEL_DELTA_ROOT, written exactly once per key.
 
-`merge_new_rows` inserts only rows whose key is not in the table yet, one MERGE per day with a
-literal partition predicate (NOTES.md: 10x faster than an unpartitioned merge) naming the day and
-`dedupe_days` days before it. A retried run, a re-delivered record (even across midnight) or a
-concurrent writer therefore never adds a second row for a key.
+`merge_new_rows` inserts only rows whose key is not in the table yet: per day, it reads the key
+column of that day and the `dedupe_days` days before it on one snapshot, and appends the rows
+whose key it did not find, in a commit that carries an application transaction one version past
+the snapshot's (one_insert_at_a_time): a concurrent writer that committed in between makes the
+commit fail and the check run again. A retried run, a re-delivered record (even across midnight)
+or a concurrent writer therefore never adds a second row for a key.
 
-Given `since` (dedupe_since: the batch's oldest Kafka timestamp less the dedupe window), the MERGE
-and the ledger lookups also read only rows written at or after it (WRITE_TIME_COLUMNS): files are
+Given `since` (dedupe_since: the batch's oldest Kafka timestamp less the dedupe window), the check
+and the ledger lookups read only rows written at or after it (WRITE_TIME_COLUMNS): files are
 written in time order, so their min/max statistics skip the rest of the day and the cost stays
 flat as the day grows. A copy of the same record is never skipped: it was written after its own
-Kafka timestamp.
-"""
+Kafka timestamp."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import dagster as dg
 import polars as pl
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.transaction import CommitProperties, Transaction
 
 from itel_dagster.settings.paths import delta_root, delta_storage_options
 
@@ -84,18 +86,16 @@ def write_time_column(columns) -> str | None:
     return next((c for c in WRITE_TIME_COLUMNS if c in names), None)
 
 
-def time_literal(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+# Every commit that adds keys carries this application transaction, one version past its
+# snapshot's: of two writers that checked their keys on one snapshot, delta-rs refuses the second
+# commit (the version is taken), which then checks again on the new snapshot. So no key is
+# inserted twice, although the insert itself is a plain append that reads nothing.
+INSERT_APP_ID = "itel-insert-new-keys"
 
 
-def _merge_predicate(days: list[tuple[int, int, int]], key: str,
-                     written_since: tuple[str, datetime] | None = None) -> str:
-    # Literal partition values, so the MERGE reads only these days' files; a literal lower bound
-    # on the write time, so file statistics skip the files written before the dedupe window.
-    in_days = " OR ".join(f"(t.year = {y} AND t.month = {m} AND t.day = {d})" for y, m, d in days)
-    recent = "" if written_since is None else \
-        f" AND t.{written_since[0]} >= '{time_literal(written_since[1])}'"
-    return f"({in_days}){recent} AND t.{key} = s.{key}"
+def one_insert_at_a_time(table: DeltaTable) -> CommitProperties:
+    version = table.transaction_version(INSERT_APP_ID) or 0
+    return CommitProperties(app_transactions=[Transaction(INSERT_APP_ID, version + 1)])
 
 
 class DeltaTableWriter:
@@ -109,7 +109,6 @@ class DeltaTableWriter:
         self.dedupe_days = dedupe_days  # a key already in one of these earlier days: not inserted
         self.max_conflict_retries = max_conflict_retries
         self._table: DeltaTable | None = None
-        self.last_merge_metrics: dict = {}  # delta-rs metrics of the last MERGE (files scanned)
 
     def _load(self) -> DeltaTable | None:
         if self._table is None:
@@ -150,26 +149,39 @@ class DeltaTableWriter:
                         if "already exists" not in str(exc).lower():
                             raise
                         continue
-                days = window_days([(year, month, day)], self.dedupe_days)
-                column = write_time_column(f.name for f in table.schema().fields)
-                written_since = None if since is None or column is None else (column, since)
-                metrics = (
-                    table.merge(day_rows, _merge_predicate(days, self.key, written_since),
-                                source_alias="s", target_alias="t")
-                    .when_not_matched_insert_all()
-                    .execute()
-                )
-                self.last_merge_metrics = metrics
-                return int(metrics.get("num_target_rows_inserted", 0)), 1
+                present = self._keys_present(table, day_rows[self.key],
+                                             window_days([(year, month, day)], self.dedupe_days),
+                                             since)
+                new = day_rows.filter(~pl.col(self.key).is_in(present.implode())) \
+                    .unique(subset=self.key, keep="first", maintain_order=True)
+                if new.is_empty():
+                    return 0, 0
+                write_deltalake(table, new, mode="append",
+                                commit_properties=one_insert_at_a_time(table))
+                return new.height, 1
             except CommitFailedError:
                 # A concurrent writer committed first (a backfill, another Kafka partition's run).
-                # The merge is idempotent: reload and merge again.
+                # Reload, check the keys again and append what is still new.
                 self._table = None
                 if attempt == self.max_conflict_retries:
                     raise
                 time.sleep(random.uniform(0.05, 0.2 * (attempt + 1)))
         raise AssertionError("unreachable")
 
+
+    def _keys_present(self, table: DeltaTable, keys: pl.Series, days: list[tuple[int, int, int]],
+                      since: datetime | None) -> pl.Series:
+        """Which of `keys` the snapshot holds in `days` (written at or after `since`, when the
+        table has a write-time column). Reads the key column only, of the files the day
+        partitions and the write-time statistics leave (the MERGE read every column of them)."""
+        in_days = pl.any_horizontal(
+            [(pl.col("year") == y) & (pl.col("month") == m) & (pl.col("day") == d)
+             for y, m, d in days])
+        wanted = in_days & pl.col(self.key).is_in(keys.implode())
+        column = write_time_column(f.name for f in table.schema().fields)
+        if since is not None and column is not None:
+            wanted = wanted & (pl.col(column) >= since)
+        return pl.scan_delta(table).filter(wanted).select(self.key).collect()[self.key]
 
     def replace_day(self, rows: pl.DataFrame | None, day: tuple[int, int, int],
                     held: dict[int, tuple[int, int]]) -> ReplaceResult:
@@ -202,7 +214,8 @@ class DeltaTableWriter:
                     write_deltalake(self.uri, replacement, partition_by=PARTITION_COLUMNS,
                                     mode="error", storage_options=self.storage_options)
                 else:
-                    write_deltalake(table, replacement, mode="overwrite", predicate=predicate)
+                    write_deltalake(table, replacement, mode="overwrite", predicate=predicate,
+                                    commit_properties=one_insert_at_a_time(table))
             except CommitFailedError:
                 self._table = None
                 if attempt > self.max_conflict_retries:
