@@ -173,6 +173,36 @@ def test_the_compaction_job_compacts_a_day_on_azurite(azurite, monkeypatch):
     assert delta.read(LEDGER_TABLE).height == 12
 
 
+def test_the_compaction_job_compacts_an_open_day_in_one_commit_on_azurite(azurite, monkeypatch):
+    # Today's partition: compacted by 15-minute buckets of write time, its new files written
+    # through the table's object store (the job passes the storage options).
+    from itel_dagster.jobs.delta_maintenance import delta_compaction_job
+
+    monkeypatch.setenv("ITEL_DELTA_STORAGE_OPTIONS", json.dumps(azurite.storage_options()))
+    delta, options = DeltaTablesResource(root=new_root(azurite)), azurite.storage_options()
+    uri, now = delta.table_uri(TRACKING_TABLE), datetime.now(timezone.utc)
+    start = (now - timedelta(hours=2)).replace(minute=0, second=0, microsecond=0)
+    for n in range(6):  # three runs in each of two buckets
+        rows = pl.DataFrame({"event_id": [f"e{n}-{i}" for i in range(3)],
+                             "ingested_at": [start + timedelta(minutes=5 * n)] * 3}).with_columns(
+            pl.lit(now.year, pl.Int32).alias("year"), pl.lit(now.month, pl.Int32).alias("month"),
+            pl.lit(now.day, pl.Int32).alias("day"))
+        write_deltalake(uri, rows, partition_by=PARTITION_COLUMNS, mode="append",
+                        storage_options=options)
+    version = DeltaTable(uri, storage_options=options).version()
+
+    result = delta_compaction_job.execute_in_process(
+        run_config={"ops": {"compact_day_partition": {
+            "config": {"table": TRACKING_TABLE, "day": now.date().isoformat()}}}},
+        resources={"delta": delta})
+
+    assert result.success
+    compacted = DeltaTable(uri, storage_options=options)
+    assert (day_file_count(compacted, now.date()), compacted.version()) == (2, version + 1)
+    assert sorted(delta.read(TRACKING_TABLE)["event_id"]) == sorted(
+        f"e{n}-{i}" for n in range(6) for i in range(3))
+
+
 def test_two_writers_from_one_snapshot_both_commit_and_nothing_is_overwritten(azurite):
     # Azure's create-if-absent (If-None-Match: *) refuses the second commit of version 1; the
     # writer reloads and commits version 2. A store without it would lose a row silently.
