@@ -92,3 +92,11 @@ def test_two_writers_that_checked_on_one_snapshot_insert_a_key_once(tmp_path, fi
     assert (result.inserted, result.already_present) == (1, 1)
     assert second.fresh_loads == 1  # its first commit failed; it checked again
     assert sorted(pl.read_delta(uri)["event_id"]) == ["a", "k", "m"]
+
+
+def test_a_key_twice_in_one_batch_is_inserted_once(tmp_path):
+    writer = DeltaTableWriter(str(tmp_path / "t"), dedupe_days=1)
+    writer.merge_new_rows(rows(["a"], (2026, 11, 30)))
+    result = writer.merge_new_rows(rows(["x", "x", "a", "y"], (2026, 11, 30)))
+    assert (result.inserted, result.already_present) == (2, 2)
+    assert sorted(pl.read_delta(str(tmp_path / "t"))["event_id"]) == ["a", "x", "y"]
