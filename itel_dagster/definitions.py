@@ -16,10 +16,7 @@ from itel_dagster.jobs.delta_maintenance import (
     MAINTENANCE_SENSORS,
 )
 from itel_dagster.ops.shared_stage_ops import STAGE_IO
-from itel_dagster.resources.claimx_api import ClaimxApiResource
-from itel_dagster.resources.delta_tables import DeltaTablesResource
-from itel_dagster.resources.itel_api import ItelApiResource
-from itel_dagster.resources.kafka import KafkaResource
+from itel_dagster.resources.from_yaml import build_resources
 from itel_dagster.resources.stage_io_manager import stage_io_manager
 from itel_dagster.sensors.operations_alerts import itel_operations_alerts
 from itel_dagster.sensors.run_failure_alerts import itel_run_failure_alerts
@@ -34,13 +31,9 @@ ASSET_CHECKS = [check for worker in WORKERS for check in worker.checks]
 asset_checks_job, asset_checks_schedule = build_asset_checks_job(
     ASSET_CHECKS, [worker.settings.asset for worker in WORKERS])
 
-RESOURCES = {
-    "kafka": KafkaResource(),
-    "claimx": ClaimxApiResource(),
-    "delta": DeltaTablesResource(),
-    "itel": ItelApiResource(),
-    STAGE_IO: stage_io_manager,
-}
+# kafka, claimx, itel and delta from the connection files, once per load (secrets as dg.EnvVar,
+# read when a run launches); the sensors get them injected, the runs too.
+RESOURCES = {**build_resources(), STAGE_IO: stage_io_manager}
 
 defs = dg.Definitions(
     assets=[worker.asset for worker in WORKERS],

@@ -16,7 +16,7 @@ from itel_dagster.checks.api_sends_checks import itel_api_send_checks
 from itel_dagster.checks.retention_checks import retention_check
 from itel_dagster.checks.tracking_checks import delta_write_checks
 from itel_dagster.sensors.itel_breaker_gate import itel_breaker_gate
-from itel_dagster.sensors.kafka_worker_sensor import build_kafka_worker_sensor
+from itel_dagster.sensors.kafka_worker_sensor import Gate, build_kafka_worker_sensor
 from itel_dagster.settings.workers import DELTA_WRITE, ITEL_API_SEND, KAFKA_PUBLISH, WorkerSettings
 
 
@@ -26,7 +26,7 @@ class FinalStage:
     sensor's runs back (e.g. the iTel circuit breaker), if any."""
 
     checks: Callable[[WorkerSettings], list[dg.AssetChecksDefinition]]
-    gate: Callable[[], str | None] | None = None
+    gate: Gate | None = None
 
 
 FINAL_STAGES = {

@@ -13,6 +13,7 @@ import yaml
 
 from itel_dagster.devstack.publisher.events import generate_records
 from itel_dagster.devstack.simulators.alert_receiver import AlertReceiver
+from itel_dagster.resources.from_yaml import build_resources
 from itel_dagster.resources.itel_api import breaker_for
 from itel_dagster.sensors.operations_alerts import itel_operations_alerts
 from itel_dagster.sensors.run_failure_alerts import ALERT_TAG, SENSOR_NAME, itel_run_failure_alerts
@@ -211,8 +212,10 @@ class OperationsSensor:
 
     def tick(self) -> str:
         """One evaluation; its skip reason, where the tick tells what it saw and sent."""
-        result = itel_operations_alerts(
-            dg.build_sensor_context(instance=self.instance, cursor=self.cursor))
+        # The kafka and itel resources a code location loaded now would inject.
+        with dg.build_sensor_context(instance=self.instance, cursor=self.cursor,
+                                     resources=build_resources()) as context:
+            result = itel_operations_alerts(context)
         assert not result.run_requests
         self.cursor = result.cursor
         return result.skip_reason.skip_message

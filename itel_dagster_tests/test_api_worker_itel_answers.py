@@ -17,6 +17,7 @@ from itel_dagster.alerts.messages import plain_text
 from itel_dagster.cli import main
 from itel_dagster.devstack.publisher.events import generate_records
 from itel_dagster.resources.circuit_breaker import until_text
+from itel_dagster.resources.from_yaml import build_resources
 from itel_dagster.resources.itel_api import breaker_for
 from itel_dagster.sensors.itel_breaker_gate import itel_breaker_gate
 from itel_dagster.sensors.operations_alerts import breaker_alerts
@@ -39,7 +40,7 @@ def breaker_cli(*args: str) -> str:
 
 
 def open_alert_text() -> str:
-    [alert] = breaker_alerts(load_alert_settings(), AlertCursor())[0]
+    [alert] = breaker_alerts(load_alert_settings(), AlertCursor(), build_resources()["itel"])[0]
     assert alert.kind == "circuit_breaker_open"
     return plain_text(alert)
 
@@ -138,23 +139,23 @@ def test_breaker_command_opens_and_closes_the_api_sensors_gate(tmp_path, monkeyp
     for command in ([], ["status"], ["open"], ["close"]):
         assert "Usage: main breaker" in breaker_cli(*command, "--help")
     assert "state: closed" in breaker_cli("status")
-    assert itel_breaker_gate() is None
+    assert itel_breaker_gate(build_resources()["itel"]) is None
 
     shown = breaker_cli("open", "--reason", "iTel maintenance")
     assert "state: open" in shown and "cause: opened by hand: iTel maintenance" in shown
     assert "no sends until: it is closed by hand" in shown
     assert str(tmp_path / "itel_circuit_breaker.sqlite") in shown
-    reason = itel_breaker_gate()
+    reason = itel_breaker_gate(build_resources()["itel"])
     assert reason.startswith("iTel circuit breaker open (opened by hand: iTel maintenance)")
 
     breaker_cli("close")
-    assert itel_breaker_gate() is None
+    assert itel_breaker_gate(build_resources()["itel"]) is None
 
     before = time.time()
     shown = breaker_cli("open", "--for", "90", "--reason", "deploy")
     until = breaker_for(load_itel_connection()).state().reopens_at
     assert before + 90 <= until <= time.time() + 90
     assert f"no sends until: {until_text(until)}" in shown
-    assert until_text(until) in itel_breaker_gate()
+    assert until_text(until) in itel_breaker_gate(build_resources()["itel"])
     assert "state: closed" in breaker_cli("close")
-    assert itel_breaker_gate() is None
+    assert itel_breaker_gate(build_resources()["itel"]) is None

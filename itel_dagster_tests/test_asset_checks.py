@@ -13,6 +13,7 @@ from deltalake import DeltaTable, write_deltalake
 
 from itel_dagster.devstack.publisher.events import generate_records
 from itel_dagster.jobs.dead_letter_replay import DEAD_LETTER_REPLAY_JOB
+from itel_dagster_tests.fixtures.pipeline_fixtures import code_location
 
 TRACKING = "itel_cabinet_tracking_worker"
 API = "itel_cabinet_api_worker"
@@ -37,7 +38,7 @@ def days_of(records) -> list[date]:
 
 def run_checks(pipeline, days, freshness_minutes: float = 15) -> dict:
     """Every check, as the schedule runs them: check name -> its evaluation."""
-    from itel_dagster.definitions import defs
+    defs = code_location()  # the code location as loaded for this test's files
 
     day_config = {"config": {"days": [d.isoformat() for d in days]}}
     run_config = {"ops": {**{op: day_config for op in DAY_CHECK_OPS},
@@ -82,7 +83,7 @@ def test_all_checks_pass_after_both_workers_drained(pipeline):
     assert checks[FRESH].metadata["lag"].value == 0
 
     # One check alone, as its Execute button in the asset's Checks tab runs it: default config.
-    from itel_dagster.definitions import defs
+    defs = code_location()  # the code location as loaded for this test's files
 
     key = dg.AssetCheckKey(dg.AssetKey("itel_cabinet_task_tracking"), UNIQUE)
     job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_check_selection={key})
@@ -132,7 +133,7 @@ def test_a_damaged_day_fails_uniqueness_and_completeness_until_backfilled(pipeli
 
     # A backfill of the day, as the daemon runs a UI backfill: the asset and its checks in one
     # run; the checks look at the run's day partition.
-    from itel_dagster.definitions import defs
+    defs = code_location()  # the code location as loaded for this test's files
 
     job = defs.resolve_implicit_global_asset_job_def().get_subset(
         asset_selection={dg.AssetKey("itel_cabinet_task_tracking")})
@@ -190,7 +191,7 @@ def test_dead_lettered_then_replayed_records_count_once(pipeline, monkeypatch):
     assert complete.passed
     assert total(complete, "dead_lettered") == 40 and total(complete, "in_table") == 0
 
-    from itel_dagster.definitions import defs
+    defs = code_location()  # the code location as loaded for this test's files
 
     assert defs.resolve_job_def(DEAD_LETTER_REPLAY_JOB).execute_in_process(
         run_config={"ops": {"read_dead_letters": {"config": {"worker": TRACKING}}}},

@@ -16,13 +16,14 @@ import pytest
 from itel_dagster.devstack.publisher.events import generate_records
 from itel_dagster.jobs.dead_letter_replay import DEAD_LETTER_REPLAY_JOB
 from itel_dagster.stages.dead_letters import REPLAY_TABLE
+from itel_dagster_tests.fixtures.pipeline_fixtures import code_location
 
 TRACKING = "itel_cabinet_tracking_worker"
 API = "itel_cabinet_api_worker"
 
 
 def replay(pipeline, worker: str, expect_success: bool = True, **config):
-    from itel_dagster.definitions import defs
+    defs = code_location()  # the code location as loaded for this test's files
 
     result = defs.resolve_job_def(DEAD_LETTER_REPLAY_JOB).execute_in_process(
         run_config={"ops": {"read_dead_letters": {"config": {"worker": worker, **config}}}},

@@ -30,9 +30,12 @@ def evaluate_and_store(pipeline, worker: str):
     """What the daemon does with a tick: Dagster's own evaluation of the sensor, then each asset
     event stored as a run-less event (dagster/_daemon/sensor.py)."""
     from itel_dagster.definitions import defs
+    from itel_dagster.resources.from_yaml import build_resources
 
-    data = pipeline.sensor(worker).evaluate_tick(dg.build_sensor_context(
-        instance=pipeline.instance, repository_def=defs.get_repository_def()))
+    with dg.build_sensor_context(instance=pipeline.instance,
+                                 repository_def=defs.get_repository_def(),
+                                 resources=build_resources()) as context:
+        data = pipeline.sensor(worker).evaluate_tick(context)
     for event in data.asset_events:
         pipeline.instance.report_runless_asset_event(event)
     return data

@@ -19,6 +19,7 @@ from itel_dagster.kafka.offsets import group_progress
 from itel_dagster.metrics.exporter import pipeline_registry, render
 from itel_dagster.ops.retention_loss import lost_ranges
 from itel_dagster.sensors.dispatch_plan import KafkaRange
+from itel_dagster_tests.fixtures.pipeline_fixtures import code_location
 
 TRACKING = "itel_cabinet_tracking_worker"
 API = "itel_cabinet_api_worker"
@@ -45,7 +46,7 @@ def lost_metric(worker: str) -> float:
 
 def check_evaluation(pipeline, asset: str) -> dg.AssetCheckEvaluation:
     """The check alone, as its Execute button in the asset's Checks tab runs it."""
-    from itel_dagster.definitions import defs
+    defs = code_location()  # the code location as loaded for this test's files
 
     key = dg.AssetCheckKey(dg.AssetKey(asset), CHECK)
     job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_check_selection={key})

@@ -11,6 +11,7 @@ import yaml
 from itel_dagster.dagster_seam import WILL_RETRY_TAG
 from itel_dagster.devstack.publisher.events import generate_records
 from itel_dagster.settings.paths import PROJECT_ROOT
+from itel_dagster_tests.fixtures.pipeline_fixtures import code_location
 
 TRACKING = "itel_cabinet_tracking_worker"
 API = "itel_cabinet_api_worker"
@@ -70,13 +71,12 @@ def test_the_final_stage_ops_retry_as_each_workers_yaml_entry_says(pipeline):
 
 def test_a_run_that_failed_in_an_op_is_not_retried_by_dagster_so_retries_do_not_multiply(
         pipeline, monkeypatch, tmp_path):
-    from itel_dagster.definitions import defs
-
     pipeline.produce(generate_records(count=10, seed=72, days=0.1))
     [request] = pipeline.tick(TRACKING).run_requests[:1]
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the Delta root should be")
     monkeypatch.setenv("ITEL_DELTA_ROOT", str(blocker / "delta"))
+    defs = code_location()  # the code location as loaded with that root
     job = defs.resolve_job_def("itel_cabinet_tracking_job")
     # An instance configured like dagster.yaml: run retries on.
     with dg.instance_for_test(overrides={"run_retries": {"enabled": True}}) as instance:

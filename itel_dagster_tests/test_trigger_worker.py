@@ -24,6 +24,7 @@ from itel_dagster.devstack.publisher.upstream_events import upstream_records
 from itel_dagster.kafka.offsets import group_consumer
 from itel_dagster.metrics.exporter import pipeline_registry, render
 from itel_dagster.settings.workers import KAFKA_PUBLISH, workers_with_final_stage
+from itel_dagster_tests.fixtures.pipeline_fixtures import code_location
 
 TRACKING = "itel_cabinet_tracking_worker"
 API = "itel_cabinet_api_worker"
@@ -181,7 +182,7 @@ def test_a_trigger_run_killed_mid_transaction_publishes_nothing_then_each_event_
 
 
 def test_the_dead_letter_replay_refuses_the_triggers_error_records(pipeline):
-    from itel_dagster.definitions import defs
+    defs = code_location()  # the code location as loaded for this test's files
     from itel_dagster.jobs.dead_letter_replay import DEAD_LETTER_REPLAY_JOB
 
     trigger = _trigger()

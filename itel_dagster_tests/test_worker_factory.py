@@ -169,9 +169,11 @@ def test_an_edited_workers_yaml_reaches_the_sensor_and_its_runs_together_on_relo
     data = yaml.safe_load(path.read_text())
     data["workers"][TRACKING_WORKER]["max_records_per_run"] = 5_000
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    result = loaded(dg.build_sensor_context(instance=pipeline.instance))
+    with pipeline.sensor_context() as context:
+        result = loaded(context)
     # Runs read the file as they start: the stale sensor dispatches none.
     assert not result.run_requests
     assert "reload the code location" in result.skip_reason.skip_message
     reloaded = pipeline.sensor(TRACKING_WORKER)  # a reload builds it from the edited file
-    assert reloaded(dg.build_sensor_context(instance=pipeline.instance)).run_requests
+    with pipeline.sensor_context() as context:
+        assert reloaded(context).run_requests

@@ -77,7 +77,7 @@ def dead_letter_coordinates(kafka: KafkaResource, error_topic: str, input_topic:
     from_ms = day_bounds_ms(since)[0] - FUTURE_STAMP_MARGIN_MS
     found = [pl.DataFrame(schema={"kafka_partition": pl.Int32, "kafka_offset": pl.Int64,
                                   "event_id": pl.String})]
-    for window in time_windows(kafka.servers(), error_topic, from_ms, None):
+    for window in time_windows(kafka.settings(), error_topic, from_ms, None):
         for start in range(window.start, window.end, READ_CHUNK):
             read = kafka.read_range(error_topic, window.partition, start,
                                     min(start + READ_CHUNK, window.end))

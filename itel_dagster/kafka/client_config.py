@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Mapping
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
@@ -31,10 +32,20 @@ class KafkaAccessDenied(RuntimeError):
     """The cluster refused this client's credentials or certificate: retrying will not help."""
 
 
-def client_config(bootstrap_servers: str | None = None, **overrides) -> KafkaClientSettings:
-    """client_settings() plus the caller's own settings; on a SASL/SSL cluster the connection
-    is checked first (once per process and settings) and KafkaAccessDenied raised at once."""
-    settings = client_settings(bootstrap_servers)
+# What a Kafka function of the package is given: the servers (its settings then come from
+# kafka.yaml and the environment), or the whole settings of a KafkaResource.
+KafkaTarget = str | Mapping[str, object]
+
+
+def client_config(bootstrap_servers: KafkaTarget | None = None,
+                  **overrides) -> KafkaClientSettings:
+    """The target's settings (for servers alone: client_settings()) plus the caller's own; on a
+    SASL/SSL cluster the connection is checked first (once per process and settings) and
+    KafkaAccessDenied raised at once."""
+    if isinstance(bootstrap_servers, Mapping):
+        settings = KafkaClientSettings(bootstrap_servers)
+    else:
+        settings = client_settings(bootstrap_servers)
     if _is_secured(settings):
         check_access(settings)
     settings.update(overrides)
@@ -86,3 +97,12 @@ def forget_checks() -> None:
     """After a failure the next client probes again (credentials or certificates may change)."""
     with _checked_lock:
         _checked.clear()
+
+
+def target_key(target: KafkaTarget) -> str:
+    """A hashable name of a target, for caches keyed by cluster (never shows a secret's value:
+    it is hashed)."""
+    if isinstance(target, Mapping):
+        items = tuple(sorted((str(k), str(v)) for k, v in target.items()))
+        return f"{target.get('bootstrap.servers')}#{hash(items):x}"
+    return target

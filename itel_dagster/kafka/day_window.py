@@ -11,6 +11,7 @@ from datetime import date, datetime, timedelta, timezone
 
 from confluent_kafka import TopicPartition
 
+from itel_dagster.kafka.client_config import KafkaTarget
 from itel_dagster.kafka.offsets import _partitions, _retrying, group_consumer
 
 
@@ -32,7 +33,7 @@ def day_bounds_ms(day: date) -> tuple[int, int]:
     return int(start.timestamp() * 1000), int((start + timedelta(days=1)).timestamp() * 1000)
 
 
-def day_windows(bootstrap_servers: str, topic: str, day: date,
+def day_windows(bootstrap_servers: KafkaTarget, topic: str, day: date,
                 timeout: float = 10.0) -> list[DayWindow]:
     """One window per partition. Producers may stamp out of order: records inside a window can
     carry another day's timestamp and records of the day can lie past `end` (Kafka's time index

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from itel_dagster.kafka.client_config import client_config, forget_checks
+from itel_dagster.kafka.client_config import KafkaTarget, client_config, forget_checks, target_key
 
 T = TypeVar("T")
 # A fresh broker creates __consumer_offsets on first use; its coordinator answers these meanwhile.
@@ -45,7 +45,7 @@ class PartitionProgress:
         return max(0, self.high - self.next_offset)
 
 
-def group_consumer(bootstrap_servers: str, group: str, **extra) -> Consumer:
+def group_consumer(bootstrap_servers: KafkaTarget, group: str, **extra) -> Consumer:
     """A consumer that carries the group id for commits but never subscribes (no rebalances)."""
     return Consumer(client_config(bootstrap_servers, **{
         "group.id": group,
@@ -84,7 +84,7 @@ class GroupProgressReader:
     broker a new connection and about 55 ms of CPU, a kept one about 8 ms
     (`python -m itel_dagster_bench.offsets_cost`)."""
 
-    def __init__(self, bootstrap_servers: str, group: str):
+    def __init__(self, bootstrap_servers: KafkaTarget, group: str):
         self._consumer = group_consumer(bootstrap_servers, group)
 
     def read(self, topic: str, timeout: float = 10.0) -> list[PartitionProgress]:
@@ -118,7 +118,7 @@ class GroupProgressReader:
 
 
 def group_progress(
-    bootstrap_servers: str, group: str, topic: str, timeout: float = 10.0
+    bootstrap_servers: KafkaTarget, group: str, topic: str, timeout: float = 10.0
 ) -> list[PartitionProgress]:
     with GroupProgressReader(bootstrap_servers, group) as reader:
         return reader.read(topic, timeout)
@@ -132,11 +132,11 @@ _kept_lock = threading.Lock()
 
 
 def kept_group_progress(
-    bootstrap_servers: str, group: str, topic: str, timeout: float = 10.0
+    bootstrap_servers: KafkaTarget, group: str, topic: str, timeout: float = 10.0
 ) -> list[PartitionProgress]:
     """group_progress over a consumer this process keeps (at most KEPT_READERS, the least
     recently used closed first). A read that fails drops its reader: the next one starts fresh."""
-    key = (bootstrap_servers, group)
+    key = (target_key(bootstrap_servers), group)
     with _kept_lock:
         if key in _kept:
             _kept.move_to_end(key)
@@ -169,7 +169,7 @@ def close_kept_readers() -> None:
 
 
 def commit_offsets(
-    bootstrap_servers: str, group: str, topic: str, next_offsets: dict[int, int],
+    bootstrap_servers: KafkaTarget, group: str, topic: str, next_offsets: dict[int, int],
     timeout: float = 10.0,
 ) -> dict[int, int]:
     """Commit `partition -> next offset to process` where it moves forward; returns what moved."""
@@ -195,7 +195,7 @@ def commit_offsets(
 
 
 def record_timestamp_ms(
-    bootstrap_servers: str, topic: str, partition: int, offset: int, timeout: float = 10.0
+    bootstrap_servers: KafkaTarget, topic: str, partition: int, offset: int, timeout: float = 10.0
 ) -> int | None:
     """The Kafka timestamp of the record at `offset` (or the next one Kafka holds), else None."""
     consumer = group_consumer(bootstrap_servers, "itel-range-reader", **{"enable.partition.eof": True})
@@ -217,7 +217,8 @@ def record_timestamp_ms(
 
 
 def first_offset_at_or_after(
-    bootstrap_servers: str, topic: str, partition: int, timestamp_ms: int, timeout: float = 10.0
+    bootstrap_servers: KafkaTarget, topic: str, partition: int, timestamp_ms: int,
+    timeout: float = 10.0
 ) -> int | None:
     """The first offset whose timestamp is >= timestamp_ms, or None when there is none yet."""
     consumer = group_consumer(bootstrap_servers, "itel-range-reader")

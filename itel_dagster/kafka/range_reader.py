@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from itel_dagster.kafka.client_config import client_config
+from itel_dagster.kafka.client_config import KafkaTarget, client_config
 
 READ_STALL_SECONDS = 30.0
 
@@ -45,7 +45,7 @@ class RangeRead:
 
 
 def read_range(
-    bootstrap_servers: str, topic: str, partition: int, start: int, end: int,
+    bootstrap_servers: KafkaTarget, topic: str, partition: int, start: int, end: int,
     timeout: float = 30.0, stall_seconds: float = READ_STALL_SECONDS,
     max_bytes: int | None = None, first_record_always: bool = True,
     consumer_settings: dict | None = None, fetch_records: int = 10_000,
@@ -135,7 +135,7 @@ def read_range(
         consumer.close()
 
 
-def _log_end(bootstrap_servers: str, topic: str, partition: int, timeout: float) -> int:
+def _log_end(bootstrap_servers: KafkaTarget, topic: str, partition: int, timeout: float) -> int:
     """The partition's high watermark, uncommitted transactions included: records exist up to it,
     even those a read_committed reader cannot see yet."""
     consumer = Consumer(client_config(bootstrap_servers, **{

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from confluent_kafka import Producer
 
-from itel_dagster.kafka.client_config import client_config
+from itel_dagster.kafka.client_config import KafkaTarget, client_config
 
 
 QUEUE_BUFFER_KBYTES = 4_096  # 4 MiB: two records of the 2 MB maximum, thousands of usual ones
@@ -21,7 +21,7 @@ class DeliveryFailed(RuntimeError):
 
 
 class ResultsProducer:
-    def __init__(self, bootstrap_servers: str, client_id: str = "itel-dagster",
+    def __init__(self, bootstrap_servers: KafkaTarget, client_id: str = "itel-dagster",
                  buffer_kbytes: int = QUEUE_BUFFER_KBYTES, **extra):
         self._producer = Producer(client_config(bootstrap_servers, **{
             "client.id": client_id,

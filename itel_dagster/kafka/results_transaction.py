@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from itel_dagster.kafka.client_config import KafkaTarget
 from itel_dagster.kafka.offsets import group_consumer
 from itel_dagster.kafka.results_producer import DeliveryFailed, ResultsProducer
 
@@ -34,7 +35,7 @@ class ResultsTransaction(ResultsProducer):
     """Opened: the id is registered and older producers of it fenced. Then `begin()`, `send()`
     records, and `commit()` them with the group's offsets, or `abort()`."""
 
-    def __init__(self, bootstrap_servers: str, transactional_id: str, client_id: str,
+    def __init__(self, bootstrap_servers: KafkaTarget, transactional_id: str, client_id: str,
                  timeout: float = 30.0):
         super().__init__(bootstrap_servers, client_id=client_id,
                          **{"transactional.id": transactional_id,

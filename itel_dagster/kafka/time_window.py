@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import TopicPartition
 
+from itel_dagster.kafka.client_config import KafkaTarget
 from itel_dagster.kafka.offsets import _partitions, _retrying, group_consumer
 
 
@@ -32,7 +33,7 @@ class OffsetWindow:
         return self.end - self.start
 
 
-def time_windows(bootstrap_servers: str, topic: str, from_ms: int | None, to_ms: int | None,
+def time_windows(bootstrap_servers: KafkaTarget, topic: str, from_ms: int | None, to_ms: int | None,
                  timeout: float = 10.0) -> list[OffsetWindow]:
     """One window per partition of `topic`; from_ms / to_ms None: from the oldest record held /
     up to the newest. Records inside a window may carry out-of-order timestamps (Kafka keeps

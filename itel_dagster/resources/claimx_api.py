@@ -14,15 +14,17 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import dagster as dg
 import httpx
 from pydantic import PrivateAttr
 
 from itel_dagster.resources.api_http_client import ApiHttpClient
+from itel_dagster.resources.http_connection import HttpConnectionResource
 from itel_dagster.resources.http_retry import RETRY_EXCEPTIONS, RetryRule, is_retryable_status
 from itel_dagster.resources.task_cache import TaskCache
-from itel_dagster.settings.connections import ClaimxConnectionSettings, load_claimx_connection
+from itel_dagster.settings.connections import CLAIMX_FILE, ClaimxConnectionSettings
 from itel_dagster.state import open_task_cache
 
 ENRICHED, NOT_FOUND, SKIPPED = "enriched", "not_found", "skipped"
@@ -177,16 +179,23 @@ class ClaimxLookupClient:
         raise _ClaimxUnavailable(f"{last_problem} after {self.settings.max_retries} retries")
 
 
-class ClaimxApiResource(dg.ConfigurableResource):
-    """The ClaimX connection of config/plugins/shared/connections/claimx.yaml and the shared
-    lookup cache. Settings are read when a run starts, so the code location loads without them."""
+class ClaimxApiResource(HttpConnectionResource):
+    """The ClaimX connection of config/plugins/shared/connections/claimx.yaml as fields (built once
+    per process, resources/from_yaml.py; the token a dg.EnvVar) and the shared lookup cache."""
 
+    task_path: str | None = None
+    cache_ttl_seconds: float | None = None
     cache_path: str | None = None  # default: <ITEL_STATE_DIR>/cache/claimx_tasks.sqlite
+
+    SETTINGS_FILE: ClassVar[str] = CLAIMX_FILE
+    ROOT_KEY: ClassVar[str] = "claimx_api"
+    SETTINGS_MODEL: ClassVar[type] = ClaimxConnectionSettings
+    OWN_FIELDS: ClassVar[frozenset[str]] = HttpConnectionResource.OWN_FIELDS | {"cache_path"}
 
     _client: ClaimxLookupClient | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        settings = load_claimx_connection()
+        settings = self.settings()  # a connection not configured fails the run here, saying why
         # SQLite under ITEL_STATE_DIR, or PostgreSQL when ITEL_STATE_URL is set (state/).
         cache = open_task_cache(settings.cache_ttl_seconds,
                                 Path(self.cache_path) if self.cache_path else None)

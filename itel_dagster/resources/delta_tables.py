@@ -15,6 +15,7 @@ Kafka timestamp."""
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from dataclasses import dataclass
@@ -276,20 +277,51 @@ class DeltaTableWriter:
             .unique(subset=self.key).height
 
 
+# Object-store keys of delta-rs storage options, each a field of its own so that it can be the
+# dg.EnvVar of the variable that holds it (a dict field cannot hold an EnvVar).
+SECRET_STORAGE_OPTIONS = ("aws_secret_access_key", "aws_session_token", "azure_client_secret",
+                          "azure_storage_account_key", "azure_storage_sas_key",
+                          "google_service_account_key")
+
+
 class DeltaTablesResource(dg.ConfigurableResource):
-    """Where the Delta tables live: ITEL_DELTA_ROOT (a path, s3://, abfss://, gs://)."""
+    """Where the Delta tables live (ITEL_DELTA_ROOT: a path, s3://, abfss://, gs://) and the
+    delta-rs storage options of connections/delta.yaml; resources/from_yaml.py builds it. A
+    resource built without them reads ITEL_DELTA_ROOT and the options when used."""
 
     root: str | None = None
+    # delta.yaml's storage options but the SECRET_STORAGE_OPTIONS; None: read when used.
+    storage_options: dict[str, str] | None = None
+    aws_secret_access_key: str | None = None
+    aws_session_token: str | None = None
+    azure_client_secret: str | None = None
+    azure_storage_account_key: str | None = None
+    azure_storage_sas_key: str | None = None
+    google_service_account_key: str | None = None
+    # dg.EnvVar("ITEL_DELTA_STORAGE_OPTIONS") when set: a JSON object of options over the above.
+    storage_options_override: str | None = None
+    # delta.yaml and its content's hash when built from it (resources/from_yaml.py).
+    built_from: str | None = None
+
+    def options(self) -> dict[str, str] | None:
+        """delta-rs storage options for every reader and writer; None when none are set."""
+        if self.storage_options is None:
+            return delta_storage_options()
+        options = dict(self.storage_options)
+        options.update({k: getattr(self, k) for k in SECRET_STORAGE_OPTIONS if getattr(self, k)})
+        if self.storage_options_override:
+            options.update(json.loads(self.storage_options_override))
+        return options or None
 
     def table_uri(self, name: str) -> str:
         return f"{(self.root or delta_root()).rstrip('/')}/{name}"
 
     def writer(self, name: str, key: str = "event_id", dedupe_days: int = 0) -> DeltaTableWriter:
         return DeltaTableWriter(self.table_uri(name), key=key,
-                                storage_options=delta_storage_options(), dedupe_days=dedupe_days)
+                                storage_options=self.options(), dedupe_days=dedupe_days)
 
     def read(self, name: str) -> pl.DataFrame:
-        return pl.read_delta(self.table_uri(name), storage_options=delta_storage_options())
+        return pl.read_delta(self.table_uri(name), storage_options=self.options())
 
     def values_present(
         self, name: str, column: str, values: list, days: list[tuple[int, int, int]],
@@ -310,7 +342,7 @@ class DeltaTablesResource(dg.ConfigurableResource):
         if not values or not days:
             return None
         uri = self.table_uri(name)
-        options = delta_storage_options()
+        options = self.options()
         if not DeltaTable.is_deltatable(uri, storage_options=options):
             return None
         table = pl.scan_delta(uri, storage_options=options)

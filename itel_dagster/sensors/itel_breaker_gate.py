@@ -4,18 +4,15 @@ while the iTel connection is not configured (a run would only fail). Events wait
 from __future__ import annotations
 
 from itel_dagster.resources.circuit_breaker import until_text
-from itel_dagster.resources.itel_api import breaker_for
-from itel_dagster.settings.connections import load_itel_connection
-from itel_dagster.settings.env_yaml import ConfigError
+from itel_dagster.resources.itel_api import ItelApiResource
 
 
-def itel_breaker_gate() -> str | None:
-    """None when runs may start, else the reason shown as the sensor's skip reason."""
-    try:
-        settings = load_itel_connection()
-    except ConfigError as exc:
-        return f"iTel connection not configured: {exc}"
-    breaker = breaker_for(settings)
+def itel_breaker_gate(itel: ItelApiResource) -> str | None:
+    """None when runs may start, else the reason shown as the sensor's skip reason. `itel` is the
+    code location's iTel resource, which Dagster injects into the sensor."""
+    if itel.not_configured:
+        return f"iTel connection not configured: {itel.not_configured}"
+    breaker = itel.breaker()
     if breaker.is_open_now():
         state = breaker.state()
         cause = state.cause or f"{state.consecutive_failures} failed attempts"

@@ -15,12 +15,14 @@ import dagster as dg
 from itel_dagster.kafka.client_config import KafkaAccessDenied
 from itel_dagster.kafka.offsets import kept_group_progress
 from itel_dagster.partitions import daily_partitions
+from itel_dagster.resources.from_yaml import resources_changed
+from itel_dagster.resources.itel_api import ItelApiResource
+from itel_dagster.resources.kafka import KafkaResource
 from itel_dagster.sensors.dispatch_plan import PlannedRun
 from itel_dagster.sensors.dispatch_state import current_plan, failure_reason, partitions_in_flight
 from itel_dagster.sensors.lag_observation import lag_observation, worth_recording
 from itel_dagster.sensors.run_range_tags import range_tags
 from itel_dagster.sensors.sensor_instance import sensor_instance
-from itel_dagster.settings.kafka import bootstrap_servers
 from itel_dagster.settings.env_yaml import ConfigError
 from itel_dagster.settings.workers import WorkerSettings, load_workers
 
@@ -80,6 +82,11 @@ def settings_changed(worker: WorkerSettings) -> str | None:
             "(Deployment > Reload, or restart dagster dev) to apply it to this sensor and its runs")
 
 
+# Holds a worker sensor's runs back: given the iTel connection, a reason to start no runs this
+# tick (e.g. an open circuit breaker), or None.
+Gate = Callable[[ItelApiResource], str | None]
+
+
 def sensor_name(worker: WorkerSettings) -> str:
     return f"{worker.name.removesuffix('_worker')}_sensor"
 
@@ -89,23 +96,18 @@ def build_kafka_worker_sensor(
     job,  # the worker's asset job
     asset_name: str,
     minimum_interval_seconds: int = 10,
-    gate: Callable[[], str | None] | None = None,
+    gate: Gate | None = None,
 ) -> dg.SensorDefinition:
-    """gate() -> a reason to start no runs this tick (e.g. an open circuit breaker), or None."""
-    @dg.sensor(
-        name=sensor_name(worker),
-        job=job,
-        minimum_interval_seconds=minimum_interval_seconds,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Polls {worker.input_topic} for group {worker.consumer_group} and starts "
-        f"one run per lane ({worker.lanes}) covering its Kafka partitions' ranges (up to "
-        f"{worker.max_records_per_run} records).",
-    )
-    def kafka_worker_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        changed = settings_changed(worker)
+    """The worker's Kafka sensor. Dagster injects its resources: the `kafka` cluster and, for a
+    gated worker, the `itel` connection, as the code location built them from the files."""
+
+    def evaluate(context: dg.SensorEvaluationContext, kafka: KafkaResource,
+                 itel: ItelApiResource | None) -> dg.SensorResult:
+        resources = {"kafka": kafka, **({"itel": itel} if itel is not None else {})}
+        changed = settings_changed(worker) or resources_changed(resources)
         if changed:
             return dg.SensorResult(skip_reason=changed, cursor=context.cursor)
-        servers = bootstrap_servers()
+        servers = kafka.settings()
         instance = sensor_instance(context)
         topic = worker.input_topic
         try:
@@ -116,7 +118,7 @@ def build_kafka_worker_sensor(
         # few minutes; the daemon stores these events even when the tick skips.
         observation = lag_observation(asset_name, worker.consumer_group, topic, progress)
         lag_events = [observation] if worth_recording(instance, observation) else []
-        closed = gate() if gate is not None else None
+        closed = gate(itel) if gate is not None else None
         if closed:
             lag = sum(p.lag for p in progress)
             return dg.SensorResult(skip_reason=f"{closed}; lag {lag} waits in Kafka",
@@ -202,4 +204,27 @@ def build_kafka_worker_sensor(
         return dg.SensorResult(run_requests=requests, cursor=cursor or context.cursor,
                                skip_reason=skip, asset_events=lag_events)
 
-    return kafka_worker_sensor
+    decorate = dg.sensor(
+        name=sensor_name(worker),
+        job=job,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Polls {worker.input_topic} for group {worker.consumer_group} and starts "
+        f"one run per lane ({worker.lanes}) covering its Kafka partitions' ranges (up to "
+        f"{worker.max_records_per_run} records).",
+    )
+    # Dagster injects a sensor's resources by its parameters' names and types.
+    if gate is None:
+        @decorate
+        def kafka_worker_sensor(context: dg.SensorEvaluationContext,
+                                kafka: KafkaResource) -> dg.SensorResult:
+            return evaluate(context, kafka, None)
+
+        return kafka_worker_sensor
+
+    @decorate
+    def gated_kafka_worker_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource,
+                                  itel: ItelApiResource) -> dg.SensorResult:
+        return evaluate(context, kafka, itel)
+
+    return gated_kafka_worker_sensor

@@ -3,7 +3,8 @@ worker's consumer lag staying above a threshold (and recovering). One alert per 
 episodes live in the sensor's cursor.
 
 Never fails a tick: a webhook problem is logged, and a check that cannot read its source (Kafka,
-the iTel settings) is named in the skip reason while the other checks still run.
+the iTel settings) is named in the skip reason while the other checks still run. The Kafka
+cluster and the iTel connection are the code location's resources, injected by Dagster.
 """
 
 import time
@@ -23,11 +24,10 @@ from itel_dagster.alerts.webhook import NOT_CONFIGURED, post_alert
 from itel_dagster.kafka.offsets import kept_group_progress
 from itel_dagster.resources.circuit_breaker import CLOSED as BREAKER_CLOSED
 from itel_dagster.resources.circuit_breaker import until_text
-from itel_dagster.resources.itel_api import breaker_for
+from itel_dagster.resources.itel_api import ItelApiResource
+from itel_dagster.resources.kafka import KafkaResource
 from itel_dagster.settings.alerts import AlertSettings, load_alert_settings
-from itel_dagster.settings.connections import load_itel_connection
 from itel_dagster.settings.env_yaml import ConfigError
-from itel_dagster.settings.kafka import bootstrap_servers
 from itel_dagster.settings.workers import ITEL_API_SEND, load_workers, workers_with_final_stage
 
 SENSOR_NAME = "itel_operations_alerts"
@@ -43,13 +43,12 @@ def _utc(epoch: float | None) -> str | None:
     return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="seconds")
 
 
-def breaker_alerts(settings: AlertSettings, cursor: AlertCursor) -> tuple[list[Alert], list[str]]:
+def breaker_alerts(settings: AlertSettings, cursor: AlertCursor,
+                   itel: ItelApiResource) -> tuple[list[Alert], list[str]]:
     """Alerts due for the iTel breaker, and a note for the skip reason."""
-    try:
-        itel = load_itel_connection()
-    except ConfigError:
+    if itel.not_configured:
         return [], ["breaker: iTel connection not configured"]
-    state = breaker_for(itel).state()
+    state = itel.breaker().state()
     # The breaker guards every worker that sends to iTel.
     senders = ", ".join(w.name for w in workers_with_final_stage(ITEL_API_SEND)) or "iTel"
     alerts = []
@@ -64,11 +63,12 @@ def breaker_alerts(settings: AlertSettings, cursor: AlertCursor) -> tuple[list[A
     return alerts, [f"breaker {state.state}"]
 
 
-def lag_alerts(settings: AlertSettings, cursor: AlertCursor, now: float) -> tuple[list[Alert], list[str]]:
+def lag_alerts(settings: AlertSettings, cursor: AlertCursor, now: float,
+               kafka: KafkaResource) -> tuple[list[Alert], list[str]]:
     """Alerts due for each worker's consumer lag, and one note per worker."""
     rule = settings.lag
     alerts, notes = [], []
-    servers = bootstrap_servers()
+    servers = kafka.settings()
     for worker in load_workers().values():
         try:
             progress = kept_group_progress(servers, worker.consumer_group, worker.input_topic,
@@ -99,7 +99,8 @@ def lag_alerts(settings: AlertSettings, cursor: AlertCursor, now: float) -> tupl
     description="Alerts ALERT_WEBHOOK_URL once when the iTel circuit breaker opens and when a "
     "worker's consumer lag stays above the threshold of alerts.yaml (and when either recovers).",
 )
-def itel_operations_alerts(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+def itel_operations_alerts(context: dg.SensorEvaluationContext, kafka: KafkaResource,
+                           itel: ItelApiResource) -> dg.SensorResult:
     try:
         settings = load_alert_settings()
     except ConfigError as exc:
@@ -110,9 +111,9 @@ def itel_operations_alerts(context: dg.SensorEvaluationContext) -> dg.SensorResu
     due: list[Alert] = []
     checks = []
     if settings.circuit_breaker.enabled:
-        checks.append(("breaker", lambda: breaker_alerts(settings, cursor)))
+        checks.append(("breaker", lambda: breaker_alerts(settings, cursor, itel)))
     if settings.lag.enabled:
-        checks.append(("lag", lambda: lag_alerts(settings, cursor, time.time())))
+        checks.append(("lag", lambda: lag_alerts(settings, cursor, time.time(), kafka)))
     for name, check in checks:
         try:
             alerts, told = check()

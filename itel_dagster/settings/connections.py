@@ -9,7 +9,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, field_validator, model_validator
 
-from itel_dagster.settings.env_yaml import load_yaml, parse_model
+from itel_dagster.settings.env_yaml import load_yaml_once, parse_model
 from itel_dagster.settings.paths import config_dir
 
 
@@ -157,10 +157,10 @@ ITEL_FILE = "plugins/shared/connections/app.itel.yaml"
 
 
 def load_claimx_connection(env=None) -> ClaimxConnectionSettings:
-    document = load_yaml(config_dir() / CLAIMX_FILE, env)
+    document = load_yaml_once(config_dir() / CLAIMX_FILE, env)
     return parse_model(ClaimxConnectionSettings, document, root_key="claimx_api")
 
 
 def load_itel_connection(env=None) -> ItelConnectionSettings:
-    document = load_yaml(config_dir() / ITEL_FILE, env)
+    document = load_yaml_once(config_dir() / ITEL_FILE, env)
     return parse_model(ItelConnectionSettings, document, root_key="itel_cabinet_api")

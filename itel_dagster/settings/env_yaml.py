@@ -6,6 +6,7 @@ one is involved, the environment variable. Values are never echoed for keys mark
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -90,6 +91,30 @@ def load_yaml(path: Path, env: Mapping[str, str] | None = None) -> ExpandedYaml:
     origins: dict[str, list[str]] = {}
     data = _expand(raw if raw is not None else {}, (), path, env, origins)
     return ExpandedYaml(path=path, data=data, variables_by_key=origins)
+
+
+# (file, its content's hash, the environment it was expanded with) -> the expanded document: a
+# connection file is parsed once per process, and again only after it or the environment changed
+# (by content: two edits within one mtime tick are still told apart).
+_documents: dict[tuple, ExpandedYaml] = {}
+
+
+def load_yaml_once(path: Path, env: Mapping[str, str] | None = None) -> ExpandedYaml:
+    """load_yaml, kept per file content and environment. The document is shared: callers copy
+    what they change."""
+    env = os.environ if env is None else env
+    try:
+        content = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return load_yaml(path, env)  # says the file is missing, with its path
+    key = (str(path), content, tuple(sorted(env.items())))
+    document = _documents.get(key)
+    if document is None:
+        document = load_yaml(path, env)
+        for stale in [k for k in _documents if k[0] == key[0]]:
+            del _documents[stale]
+        _documents[key] = document
+    return document
 
 
 def parse_model(

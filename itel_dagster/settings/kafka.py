@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from itel_dagster.settings.env_yaml import ConfigError, load_yaml
+from itel_dagster.settings.env_yaml import ConfigError, load_yaml_once
 from itel_dagster.settings.paths import config_dir
 
 KAFKA_FILE = "plugins/shared/connections/kafka.yaml"
@@ -43,7 +43,7 @@ def yaml_client_settings(env: Mapping[str, str] | None = None) -> dict:
     path = config_dir() / KAFKA_FILE
     if not path.exists():
         return {}
-    document = load_yaml(path, env)
+    document = load_yaml_once(path, env)
     client = (document.data or {}).get("client") if isinstance(document.data, dict) else None
     if client is None:
         return {}

@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from itel_dagster.settings.env_yaml import ConfigError, load_yaml
+from itel_dagster.settings.env_yaml import ConfigError, load_yaml_once
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,13 +22,13 @@ def state_dir() -> Path:
     return Path(os.environ.get("ITEL_STATE_DIR") or Path.cwd() / "var").resolve()
 
 
-def delta_root() -> str:
+def delta_root(env: Mapping[str, str] | None = None) -> str:
     """ITEL_DELTA_ROOT: a local path or an s3://, az://, abfss://, gs:// URI. Default ./data/delta.
 
     A store's endpoint and credentials are delta-rs storage options (`delta_storage_options()`);
     delta-rs also reads them from the environment (AWS_*, AZURE_STORAGE_*, GOOGLE_*).
     """
-    root = os.environ.get("ITEL_DELTA_ROOT") or "./data/delta"
+    root = (os.environ if env is None else env).get("ITEL_DELTA_ROOT") or "./data/delta"
     if "://" in root:
         scheme = root.split("://", 1)[0]
         if scheme not in {"s3", "s3a", "abfss", "az", "azure", "gs", "file"}:
@@ -53,7 +53,7 @@ def yaml_storage_options(env: Mapping[str, str] | None = None) -> dict[str, str]
     path = config_dir() / DELTA_FILE
     if not path.exists():
         return {}
-    document = load_yaml(path, env)
+    document = load_yaml_once(path, env)
     options = document.data.get("storage_options") if isinstance(document.data, dict) else None
     if options is None:
         return {}
