@@ -38,7 +38,8 @@ RESOURCES = {**build_resources(), STAGE_IO: stage_io_manager}
 defs = dg.Definitions(
     assets=[worker.asset for worker in WORKERS],
     asset_checks=ASSET_CHECKS,
-    jobs=[*(worker.job for worker in WORKERS), itel_dead_letter_replay_job, asset_checks_job,
+    jobs=[*(job for worker in WORKERS for job in (worker.job, worker.backfill_job)),
+          itel_dead_letter_replay_job, asset_checks_job,
           *MAINTENANCE_JOBS],
     schedules=[asset_checks_schedule, *MAINTENANCE_SCHEDULES],
     sensors=[

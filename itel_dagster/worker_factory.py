@@ -1,5 +1,7 @@
 """The worker factory: a worker is its workers.yaml entry plus its final stage, and everything
-Dagster runs for it (asset, live job, Kafka sensor, asset checks) is built here from those two.
+Dagster runs for it (asset, live job, backfill job, Kafka sensor, asset checks) is built here
+from those two. The live job and the asset (the day rebuild) are separate graphs
+(assets/worker_asset.py).
 
 Adding a worker is adding an entry to workers.yaml; no worker name is written in the code.
 """
@@ -11,7 +13,11 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from itel_dagster.assets.worker_asset import build_worker_asset, build_worker_job
+from itel_dagster.assets.worker_asset import (
+    build_backfill_job,
+    build_worker_asset,
+    build_worker_job,
+)
 from itel_dagster.checks.api_sends_checks import itel_api_send_checks
 from itel_dagster.checks.retention_checks import retention_check
 from itel_dagster.checks.tracking_checks import delta_write_checks
@@ -41,8 +47,9 @@ FINAL_STAGES = {
 @dataclass(frozen=True)
 class Worker:
     settings: WorkerSettings
-    asset: dg.AssetsDefinition
-    job: dg.UnresolvedAssetJobDefinition
+    asset: dg.AssetsDefinition  # the day rebuild (backfills, Materialize)
+    job: dg.JobDefinition  # the live job: the sensor's micro-batches
+    backfill_job: dg.UnresolvedAssetJobDefinition  # the asset's job, by name
     sensor: dg.SensorDefinition
     checks: list[dg.AssetChecksDefinition]
 
@@ -54,6 +61,7 @@ def build_worker(settings: WorkerSettings) -> Worker:
         settings=settings,
         asset=build_worker_asset(settings),
         job=job,
+        backfill_job=build_backfill_job(settings),
         sensor=build_kafka_worker_sensor(settings, job, settings.asset,
                                          settings.sensor_interval_seconds, gate=final.gate),
         checks=[*final.checks(settings), retention_check(settings.asset)],

@@ -1,7 +1,8 @@
 """Backfills: a day partition rebuilt from Kafka, exactly, on the real broker and Delta on disk.
 
-A backfill run is a run of the worker's job for a day partition with no Kafka range in its
-config: what a backfill launched from the UI or `dagster job backfill` executes.
+A backfill run is a run of the worker's asset (its day rebuild graph, not the live job) for day
+partitions: what a backfill launched from the UI or `dagster job backfill -j <worker>_backfill_job`
+executes.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def backfill(pipeline, worker: str, *days: date):
     from itel_dagster_tests.fixtures.pipeline_fixtures import worker_definitions
 
     settings = pipeline.workers[worker]
-    job = worker_definitions(settings).resolve_job_def(settings.job)
+    job = worker_definitions(settings).resolve_job_def(settings.backfill_job)
     keys = sorted(d.isoformat() for d in days)
     tags = {"dagster/backfill": "test"}
     if len(keys) == 1:
@@ -92,6 +93,7 @@ def test_backfill_restores_a_damaged_day_exactly(pipeline):
     untouched = {d: day_rows(pipeline.tracking_table(), d).sort("event_id") for d in days if d != target}
     committed = pipeline.committed(TRACKING)
     errors_before = len(pipeline.consume_all(pipeline.tracking.error_topic))
+    successes_before = len(pipeline.consume_all(pipeline.tracking.success_topic))
 
     damage(path, target, other)
     damaged = day_rows(pipeline.tracking_table(), target)
@@ -113,6 +115,7 @@ def test_backfill_restores_a_damaged_day_exactly(pipeline):
     # A backfill neither commits offsets nor publishes results again.
     assert pipeline.committed(TRACKING) == committed
     assert len(pipeline.consume_all(pipeline.tracking.error_topic)) == errors_before
+    assert len(pipeline.consume_all(pipeline.tracking.success_topic)) == successes_before
 
 
 def test_backfill_reads_late_records_of_the_day_past_the_next_days_first_offset(pipeline):
@@ -187,7 +190,7 @@ import sys
 import dagster as dg
 from itel_dagster.definitions import defs
 
-job = defs.resolve_job_def("itel_cabinet_tracking_job")
+job = defs.resolve_job_def("itel_cabinet_tracking_backfill_job")
 keys = sys.argv[1:]
 tags = {"dagster/backfill": "concurrent", "dagster/asset_partition_range_start": keys[0],
         "dagster/asset_partition_range_end": keys[-1]}

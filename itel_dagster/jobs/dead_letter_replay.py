@@ -2,12 +2,16 @@
 stages again, launched from the Dagster UI with a worker and a window.
 
 The shared stage ops run as in the live worker; a routing op then picks the worker's final stage
-(one branch per final stage, the same ops as the live graph's).
+(one branch per final stage, its replay ops: REPLAY_FINAL_STAGE_OPS).
 """
 
 import dagster as dg
 
-from itel_dagster.assets.worker_asset import FINAL_STAGE_OPS, WORKER_RETRIED_OPS, op_retry_policy
+from itel_dagster.assets.worker_asset import (
+    REPLAY_FINAL_STAGE_OPS,
+    WORKER_RETRIED_OPS,
+    op_retry_policy,
+)
 from itel_dagster.ops.dead_letter_replay_ops import (
     finish_replay,
     read_dead_letters,
@@ -47,7 +51,7 @@ def itel_dead_letter_replay_job():
     batch, dead_letters = read_dead_letters()
     enriched = claimx_lookup(validate_events(transform_events(batch)))
     branches = route_to_final_stage(enriched)
-    for final_stage, ops in FINAL_STAGE_OPS.items():
+    for final_stage, ops in REPLAY_FINAL_STAGE_OPS.items():
         step = getattr(branches, final_stage)
         for op in ops:
             step = _retried(op, final_stage)(step)

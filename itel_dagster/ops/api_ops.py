@@ -8,6 +8,7 @@ circuit breaker held back are not failures: they stay in Kafka (commit stops bef
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 import dagster as dg
@@ -50,17 +51,8 @@ def _days(rows: pl.DataFrame) -> list[tuple[int, int, int]]:
     return with_partition_columns(rows).select("year", "month", "day").unique().rows()
 
 
-@dg.op(out=dg.Out(io_manager_key=STAGE_IO), tags={"stage": "ledger_check"})
-def skip_already_sent(
-    context: dg.OpExecutionContext, batch: StageBatch, delta: DeltaTablesResource
-) -> StageBatch:
-    """Events with a final outcome in the ledger were handled by an earlier run: not again.
-    An event read twice in this run (a producer retry) is sent once, from its first copy.
-
-    A backfill (reconciliation) or a dead-letter replay skips only events iTel accepted: rejected
-    and dead-lettered ones are sent again."""
-    if batch.rows.is_empty():
-        return batch
+def _deduplicated(context: dg.OpExecutionContext, batch: StageBatch) -> StageBatch:
+    """An event read twice in this run (a producer retry) is sent once, from its first copy."""
     deduplicated = batch.without_duplicate_deliveries()
     duplicates = deduplicated.already_handled - batch.already_handled
     if duplicates:
@@ -68,23 +60,22 @@ def skip_already_sent(
             "%s: %d duplicate deliveries of events read earlier in this run, not sent again",
             batch.source, duplicates)
         context.add_output_metadata({"duplicates_in_run": duplicates})
-    batch = deduplicated
-    # The records' days and dedupe_days before: a copy redelivered across midnight is found.
+    return deduplicated
+
+
+def _ledger_window(batch: StageBatch) -> tuple[list, object, list[str]]:
+    """(days, since, event_ids) of the ledger lookup: the records' days and dedupe_days before (a
+    copy redelivered across midnight is found), and only ledger rows written within the dedupe
+    window (the lookup skips the day's older files)."""
     days = window_days(_days(batch.rows), batch.settings.dedupe_days)
-    # Only ledger rows written within the dedupe window: the lookup skips the day's older files.
     since = dedupe_since(batch.rows["kafka_timestamp"], batch.settings.dedupe_window_hours)
-    ids = batch.rows["event_id"].to_list()
-    recorded = None
-    if batch.mode != "live":
-        handled = delta.values_present(batch.settings.table, "event_id", ids, days,
-                                       where=pl.col("outcome") == "accepted", since=since)
-    else:
-        ledger = delta.rows_present(batch.settings.table, "event_id", ids, days,
-                                    ["event_id", *OUTCOME_COLUMNS, *RECORD_COLUMNS], since=since)
-        handled = set() if ledger is None else set(ledger["event_id"].to_list())
-        # A live run's range starts at the group's committed offset: a ledger row of one of its
-        # own records was written by a run that died before publishing and committing.
-        recorded = None if ledger is None else recorded_outcomes(batch.rows, ledger)
+    return days, since, batch.rows["event_id"].to_list()
+
+
+def _without_handled(context: dg.OpExecutionContext, batch: StageBatch, handled: set,
+                     recorded: pl.DataFrame | None = None) -> StageBatch:
+    """The batch less the events in `handled`, except those whose recorded outcome is published
+    from the ledger (`recorded`, a live run's own records)."""
     if not handled:
         return batch
     rows = batch.rows
@@ -103,6 +94,41 @@ def skip_already_sent(
             "%s: %d events already in the send ledger, not sent again", batch.source, skipped)
         context.add_output_metadata({"already_in_ledger": skipped})
     return replace(batch.next(remaining), already_handled=batch.already_handled + skipped)
+
+
+@dg.op(out=dg.Out(io_manager_key=STAGE_IO), tags={"stage": "ledger_check"})
+def skip_already_sent(
+    context: dg.OpExecutionContext, batch: StageBatch, delta: DeltaTablesResource
+) -> StageBatch:
+    """The live job's ledger check: events with a final outcome in the ledger were handled by an
+    earlier run, not again."""
+    if batch.rows.is_empty():
+        return batch
+    batch = _deduplicated(context, batch)
+    days, since, ids = _ledger_window(batch)
+    ledger = delta.rows_present(batch.settings.table, "event_id", ids, days,
+                                ["event_id", *OUTCOME_COLUMNS, *RECORD_COLUMNS], since=since)
+    if ledger is None:
+        return batch
+    # A live run's range starts at the group's committed offset: a ledger row of one of its
+    # own records was written by a run that died before publishing and committing.
+    return _without_handled(context, batch, set(ledger["event_id"].to_list()),
+                            recorded_outcomes(batch.rows, ledger))
+
+
+@dg.op(out=dg.Out(io_manager_key=STAGE_IO), tags={"stage": "ledger_check"})
+def skip_already_accepted(
+    context: dg.OpExecutionContext, batch: StageBatch, delta: DeltaTablesResource
+) -> StageBatch:
+    """The ledger check of a backfill (a reconciliation) or a dead-letter replay: skips only events
+    iTel accepted; rejected and dead-lettered ones are sent again."""
+    if batch.rows.is_empty():
+        return batch
+    batch = _deduplicated(context, batch)
+    days, since, ids = _ledger_window(batch)
+    return _without_handled(context, batch, delta.values_present(
+        batch.settings.table, "event_id", ids, days, where=pl.col("outcome") == "accepted",
+        since=since))
 
 
 def _outcome_frame(report) -> pl.DataFrame:
@@ -139,14 +165,44 @@ def _split_recorded(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame | No
     return rows.filter(pl.col(RECORDED).is_null()).drop(RECORDED), recorded
 
 
+def _before_commit_point(commit_before: dict[int, int]) -> pl.Expr:
+    """A live run: a finished event past the commit point is published by the run that commits it
+    (from the ledger), so its success or error record is published once."""
+    limit = pl.col("kafka_partition").replace_strict(commit_before, default=None)
+    return ~(pl.col("kafka_offset") >= limit).fill_null(False)
+
+
+def _everything(commit_before: dict[int, int]) -> pl.Expr:
+    """A backfill or a replay commits nothing: every finished event is reported by this run."""
+    return pl.lit(True)
+
+
 @dg.op(out=dg.Out(io_manager_key=STAGE_IO), tags={"stage": "itel_api_send"})
 def send_to_itel(
     context: dg.OpExecutionContext, batch: StageBatch, itel: ItelApiResource,
     delta: DeltaTablesResource,
 ) -> StageBatch:
+    """The live job's send (see _send): what finished past the commit point is left to the run
+    that commits it."""
+    return _send(context, batch, itel, delta, _before_commit_point)
+
+
+@dg.op(out=dg.Out(io_manager_key=STAGE_IO), tags={"stage": "itel_api_send"})
+def resend_to_itel(
+    context: dg.OpExecutionContext, batch: StageBatch, itel: ItelApiResource,
+    delta: DeltaTablesResource,
+) -> StageBatch:
+    """The send of a backfill or a dead-letter replay (see _send): nothing is committed, so every
+    finished event is reported by this run."""
+    return _send(context, batch, itel, delta, _everything)
+
+
+def _send(context: dg.OpExecutionContext, batch: StageBatch, itel: ItelApiResource,
+          delta: DeltaTablesResource, reported: Callable[[dict[int, int]], pl.Expr]) -> StageBatch:
     """Sends round after round (ItelApiResource.round_size() events each) and MERGEs each round's
     final outcomes into the ledger before the next; once the breaker holds a round's events back,
-    no later round is sent. A crash here re-sends at most the round in flight."""
+    no later round is sent. A crash here re-sends at most the round in flight. Where the breaker
+    held events back, `reported(commit_before)` says which finished events this run reports."""
     settings = batch.settings
     log = worker_logger(settings)
     if batch.rows.is_empty():
@@ -189,11 +245,7 @@ def send_to_itel(
                     or f"circuit breaker {reports[-1].breaker_state if reports else 'open'}",
                     held_back.height,
                     ", ".join(f"{p}:{o}" for p, o in sorted(commit_before.items())))
-        if batch.mode == "live":
-            # A finished event past the commit point is published by the run that commits it
-            # (from the ledger), so its success or error record is published once.
-            limit = pl.col("kafka_partition").replace_strict(commit_before, default=None)
-            finished = finished & ~(pl.col("kafka_offset") >= limit).fill_null(False)
+        finished = finished & reported(commit_before)
     awaiting_commit = sent.filter(pl.col("outcome").is_in(FINAL_OUTCOMES)).height \
         - sent.filter(finished).height
     accepted = sent.filter(finished & (pl.col("outcome") == "accepted"))

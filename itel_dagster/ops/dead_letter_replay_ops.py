@@ -163,6 +163,7 @@ def read_dead_letters(
         rows=replay_batch(originals),
         counts={"read": originals.height, "error_records_selected": selected.height},
         mode="replay",
+        described_as=f"dead letters of {settings.name} replayed from {topic}",
     )
     yield dg.Output(batch, "batch")
     yield dg.Output(selected, "dead_letters")

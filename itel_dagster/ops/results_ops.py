@@ -1,5 +1,6 @@
-"""The last op of both workers: publish success and error records and commit offsets, in one
-Kafka transaction (kafka/results_transaction.py).
+"""The last op of every worker's live job: publish success and error records and commit offsets,
+in one Kafka transaction (kafka/results_transaction.py), then record the asset's materialization
+for the run's day. The asset's backfill ends in finish_backfill instead: no publish, no commit.
 
 Offsets move past a record only with its outcome's record (after its Delta row or send), and
 read_committed readers see a run's records only once its offsets are committed. It never commits
@@ -121,16 +122,8 @@ def _peak_memory() -> dict:
     return {} if mb is None else {"peak_rss_mb": mb}
 
 
-# A plain output: it is the assets' output, so backfill jobs need no in-memory IO manager.
-@dg.op(tags={"stage": "commit"},
-       retry_policy=dg.RetryPolicy(max_retries=3, delay=1, backoff=dg.Backoff.EXPONENTIAL,
-                                   jitter=dg.Jitter.FULL))
-def publish_results_and_commit(
-    context: dg.OpExecutionContext, batch: StageBatch, kafka: KafkaResource
-) -> None:
-    settings = batch.settings
-    errors = pl.concat(batch.errors, how="diagonal_relaxed") if batch.errors else None
-    error_count = errors.height if errors is not None else 0
+def _accounted_for(batch: StageBatch, error_count: int) -> None:
+    """Every record read has one outcome, or the run stops here with nothing published."""
     # The API worker's finished sends past its commit point: published by the run that commits them.
     not_sent = batch.counts.get("not_sent", 0) + batch.counts.get("awaiting_commit", 0)
     # Left out on purpose by a stage (the trigger's events of other tasks).
@@ -143,9 +136,28 @@ def publish_results_and_commit(
             f"were skipped and {not_sent} were not sent; offsets not committed",
             allow_retries=False,
         )
-    if batch.mode == "backfill":
-        _finish_backfill(context, batch, error_count)
-        return None
+
+
+def _materialized(context: dg.OpExecutionContext, settings, metadata: dict) -> None:
+    """The live run's materialization of the worker's asset, for the run's day partition, with
+    what the run did (the live job is an op job: this event is what the UI's partition status,
+    the asset's history and its metadata plots read)."""
+    context.log_event(dg.AssetMaterialization(
+        asset_key=settings.asset,
+        partition=context.partition_key if context.has_partition_key else None,
+        metadata=metadata))
+
+
+@dg.op(tags={"stage": "commit"},
+       retry_policy=dg.RetryPolicy(max_retries=3, delay=1, backoff=dg.Backoff.EXPONENTIAL,
+                                   jitter=dg.Jitter.FULL))
+def publish_results_and_commit(
+    context: dg.OpExecutionContext, batch: StageBatch, kafka: KafkaResource
+) -> None:
+    settings = batch.settings
+    errors = pl.concat(batch.errors, how="diagonal_relaxed") if batch.errors else None
+    error_count = errors.height if errors is not None else 0
+    _accounted_for(batch, error_count)
     topic = batch.kafka_ranges[0].topic
     group = settings.consumer_group
     lanes = {r.partition % settings.lanes for r in batch.kafka_ranges}
@@ -159,7 +171,7 @@ def publish_results_and_commit(
         worker_logger(settings).info("%s: the group already stands at %s (this op's earlier "
                                      "attempt committed the range with its results)",
                                      batch.source, commit_to)
-        context.add_output_metadata({"kafka_range": batch.source, "already_committed": True})
+        _materialized(context, settings, {"kafka_range": batch.source, "already_committed": True})
         return None
     reason = group_moved(group, batch.kafka_ranges, progress)
     if reason is not None:
@@ -217,14 +229,19 @@ def publish_results_and_commit(
             metadata=summary,
             allow_retries=False,  # the records are out and committed: a retry would repeat them
         )
-    context.add_output_metadata(summary)
+    _materialized(context, settings, summary)
     return None
 
 
-def _finish_backfill(context: dg.OpExecutionContext, batch: StageBatch, error_count: int) -> dict:
+# A plain output: it is the asset's output (its materialization's metadata), so a backfill run
+# needs no IO manager for it.
+@dg.op(tags={"stage": "finish_backfill"})
+def finish_backfill(context: dg.OpExecutionContext, batch: StageBatch) -> None:
     """A backfill publishes nothing and commits nothing: the live runs published these records'
     outcomes and own the offsets. Its facts go to the materialization's metadata."""
     settings = batch.settings
+    error_count = batch.error_count()
+    _accounted_for(batch, error_count)
     summary = {
         "worker": settings.name,
         "mode": "backfill",
@@ -247,4 +264,4 @@ def _finish_backfill(context: dg.OpExecutionContext, batch: StageBatch, error_co
                          "breaker open); launch the backfill again when iTel is back",
                          metadata=summary, allow_retries=False)
     context.add_output_metadata(summary)
-    return summary
+    return None

@@ -1,7 +1,8 @@
-"""The stages both workers share, as ops: read the Kafka range, transform, validate, ClaimX lookup.
+"""The stages every worker shares, as ops: the two reads (a live micro-batch's Kafka range, a
+backfill's whole days), transform, validate, ClaimX lookup.
 
-One definition serves both workers: the worker comes from the run config of `read_kafka_range`,
-or, in a backfill, from the asset being materialized.
+One definition serves every worker: the worker comes from the run config of `read_kafka_range`
+(the live job), or from the asset being materialized (`read_kafka_days`, the asset's backfill).
 A bad record becomes an error row here; no op raises because of a record's content.
 """
 
@@ -39,15 +40,15 @@ class PartitionRangeConfig(dg.Config):
 
 
 class KafkaRangeConfig(dg.Config):
-    """The work of one run. A sensor's micro-batch names a worker, the topic and one offset range
-    per Kafka partition it covers. Left empty (a backfill, or Materialize in the UI), the run
-    rebuilds its day partition from every record of that day Kafka still holds.
+    """The work of one live run: a sensor's micro-batch names a worker, the topic and one offset
+    range per Kafka partition it covers. (A day is rebuilt by materializing the worker's asset,
+    not by this job.)
 
     partition/start/end: one range, as runs dispatched by earlier versions name it (re-executing
     such a run from the UI still works)."""
 
-    worker: str | None = None
-    topic: str | None = None
+    worker: str
+    topic: str
     ranges: list[PartitionRangeConfig] | None = None
     partition: int | None = None
     start: int | None = None
@@ -57,8 +58,6 @@ class KafkaRangeConfig(dg.Config):
     dead_letter_reason: str | None = None
 
     def kafka_ranges(self) -> tuple[KafkaRange, ...]:
-        if self.topic is None:
-            raise dg.Failure("a Kafka range needs its topic")
         if self.ranges:
             if None not in (self.partition, self.start, self.end):
                 raise dg.Failure("give either ranges or partition/start/end, not both")
@@ -66,9 +65,8 @@ class KafkaRangeConfig(dg.Config):
         elif None not in (self.partition, self.start, self.end):
             ranges = [KafkaRange(self.topic, self.partition, self.start, self.end)]
         else:
-            raise dg.Failure("a Kafka micro-batch needs ranges (partition, start, end each); leave "
-                             "all of read_kafka_range's config empty to rebuild the run's day "
-                             "partition")
+            raise dg.Failure("a Kafka micro-batch needs ranges (partition, start, end each); to "
+                             "rebuild a day, materialize the worker's asset for that partition")
         partitions = [r.partition for r in ranges]
         if len(set(partitions)) != len(partitions):
             raise dg.Failure(f"one range per partition, got partitions {partitions}")
@@ -144,13 +142,13 @@ def _read_micro_batch(config: KafkaRangeConfig, kafka: KafkaResource) -> StageBa
 
 def _read_days(context: dg.OpExecutionContext, kafka: KafkaResource) -> StageBatch:
     """A backfill run: every record Kafka holds of the run's day partition(s)."""
-    # Which worker a run without a Kafka range works for: the asset it materializes says.
+    # Which worker the backfill works for: the asset it materializes says.
     asset = context.assets_def.key.to_user_string() if context.has_assets_def else None
     settings = worker_of_asset(asset) if asset else None
     if settings is None or not context.has_partitions:
         assets = sorted(w.asset for w in load_workers().values())
-        raise dg.Failure("without a Kafka range in its config, read_kafka_range rebuilds day "
-                         f"partitions of {assets}: launch it for partitions")
+        raise dg.Failure("read_kafka_days rebuilds day partitions of one of "
+                         f"{assets}: materialize the asset for partitions")
     records, missing, windows = [], 0, {}
     for key in context.partition_keys:
         day = date.fromisoformat(key)
@@ -172,6 +170,9 @@ def _read_days(context: dg.OpExecutionContext, kafka: KafkaResource) -> StageBat
         counts={"read": len(records)},
         mode="backfill",
         day_windows=windows,
+        described_as=f"{settings.input_topic} days " + "; ".join(
+            f"{day} (" + ", ".join(f"{w.partition}:{w.start}-{w.end}" for w in day_windows) + ")"
+            for day, day_windows in sorted(windows.items())),
     )
     worker_logger(settings).info("backfill of %s: %d records in Kafka, %s", asset, len(records),
                                  batch.source)
@@ -188,21 +189,31 @@ def _dead_lettered(batch: StageBatch, reason: str) -> StageBatch:
     return batch.next(raw_batch_from_records([]), poison, poison=poison.height)
 
 
-@dg.op(out=dg.Out(io_manager_key=STAGE_IO), retry_policy=_retry_policy(), tags={"stage": "read"})
-def read_kafka_range(
-    context: dg.OpExecutionContext, config: KafkaRangeConfig, kafka: KafkaResource
-) -> StageBatch:
-    if config.worker is None and config.topic is None:
-        batch = _read_days(context, kafka)
-    else:
-        batch = _read_micro_batch(config, kafka)
-        if config.dead_letter_reason is not None:
-            batch = _dead_lettered(batch, config.dead_letter_reason)
+def _read_reported(context: dg.OpExecutionContext, batch: StageBatch) -> StageBatch:
     crash_point("after_read", batch.worker)
     context.add_output_metadata({"mode": batch.mode, "source": batch.source,
                                  "records": batch.counts["read"],
                                  "missing_offsets": batch.missing_offsets})
     return batch
+
+
+@dg.op(out=dg.Out(io_manager_key=STAGE_IO), retry_policy=_retry_policy(), tags={"stage": "read"})
+def read_kafka_range(
+    context: dg.OpExecutionContext, config: KafkaRangeConfig, kafka: KafkaResource
+) -> StageBatch:
+    """The live job's read: the sensor's Kafka ranges (or, for a range that kept failing, its
+    records as poison error records)."""
+    batch = _read_micro_batch(config, kafka)
+    if config.dead_letter_reason is not None:
+        batch = _dead_lettered(batch, config.dead_letter_reason)
+    return _read_reported(context, batch)
+
+
+@dg.op(out=dg.Out(io_manager_key=STAGE_IO), retry_policy=_retry_policy(), tags={"stage": "read"})
+def read_kafka_days(context: dg.OpExecutionContext, kafka: KafkaResource) -> StageBatch:
+    """The asset's read (a backfill, Materialize in the UI): every record of the run's day
+    partitions that Kafka still holds."""
+    return _read_reported(context, _read_days(context, kafka))
 
 
 @dg.op(out=dg.Out(io_manager_key=STAGE_IO), tags={"stage": "transform"})

@@ -38,24 +38,19 @@ class StageBatch:
     # Events handled earlier (already accepted in the send ledger): counted, not re-published.
     already_handled: int = 0
     ledger: pl.DataFrame | None = None  # the API worker's send-ledger rows of this run
-    # "live": a sensor's micro-batch (publishes results, commits offsets). "backfill": a day rebuilt
-    # from Kafka (no publishing, no commit). "replay": records re-read from an error topic.
+    # A label for logs and metadata only ("live", "backfill", "replay"): which job read the batch.
+    # No op branches on it; the live, backfill and replay graphs are built from different ops.
     mode: str = "live"
     # A backfill's input: the days it rebuilds and the window of each read from each partition.
     day_windows: dict[date, tuple[DayWindow, ...]] = field(default_factory=dict)
+    # How logs and metadata name the input, where the Kafka ranges do not (a backfill, a replay).
+    described_as: str | None = None
 
     @property
     def source(self) -> str:
         """The input, as logs and run metadata name it."""
-        topic = self.kafka_ranges[0].topic
-        if self.mode == "backfill":
-            days = "; ".join(
-                f"{day} (" + ", ".join(f"{w.partition}:{w.start}-{w.end}" for w in windows) + ")"
-                for day, windows in sorted(self.day_windows.items()))
-            return f"{topic} days {days}"
-        if self.mode == "replay":
-            return f"dead letters of {self.worker} replayed from {topic}"
-        return ", ".join(f"{r.topic}[{r.partition}] {r.start}..{r.end}" for r in self.kafka_ranges)
+        return self.described_as or ", ".join(
+            f"{r.topic}[{r.partition}] {r.start}..{r.end}" for r in self.kafka_ranges)
 
     @property
     def settings(self) -> WorkerSettings:

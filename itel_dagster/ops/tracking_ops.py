@@ -1,4 +1,6 @@
-"""The tracking worker's final stage: write enriched events to the Delta table, exactly once.
+"""The tracking worker's final stage: write enriched events to the Delta table, exactly once
+(write_tracking_rows, the live job and the dead-letter replay), or replace whole days with their
+re-read events (replace_tracking_days, the asset's backfill).
 
 Delta unavailable: the op's RetryPolicy retries with backoff and jitter; on its last attempt the
 batch's records become error records (stage delta_write), the run commits them to the error
@@ -38,9 +40,6 @@ def write_tracking_rows(
     # An event read twice in this run (a producer retry): one row, one success record; the
     # later copies count as already handled (duplicates_in_run in the run's metadata).
     batch = batch.without_duplicate_deliveries()
-    if batch.mode == "backfill":
-        rows = None if batch.rows.is_empty() else tracking_rows(batch.rows, settings.column_mapping or {})
-        return _replace_days(context, batch, rows, writer)
     if batch.rows.is_empty():
         return batch
     rows = tracking_rows(batch.rows, settings.column_mapping or {})
@@ -77,11 +76,18 @@ def write_tracking_rows(
     )
 
 
-def _replace_days(context: dg.OpExecutionContext, batch: StageBatch, rows: pl.DataFrame | None,
-                  writer) -> StageBatch:
+# The worker's op retry policy is set where its graph is built, as for write_tracking_rows.
+@dg.op(out=dg.Out(io_manager_key=STAGE_IO), tags={"stage": "delta_write"})
+def replace_tracking_days(
+    context: dg.OpExecutionContext, batch: StageBatch, delta: DeltaTablesResource
+) -> StageBatch:
     """A backfill: each day partition becomes exactly its re-read events, plus the rows whose
     records Kafka no longer holds. A failure here fails the run (nothing is dead-lettered: the
     records were handled live and stay in Kafka)."""
+    settings = batch.settings
+    writer = delta.writer(settings.table, dedupe_days=settings.dedupe_days)
+    batch = batch.without_duplicate_deliveries()
+    rows = None if batch.rows.is_empty() else tracking_rows(batch.rows, settings.column_mapping or {})
     written = kept = removed = attempts = in_earlier_days = 0
     version = -1
     notes = []

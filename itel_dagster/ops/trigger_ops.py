@@ -52,14 +52,9 @@ def _succeeded_runs(instance: dg.DagsterInstance, run_ids: list[str]) -> set[str
     return {record.dagster_run.run_id for record in records}
 
 
-@dg.op(out=dg.Out(io_manager_key=STAGE_IO), tags={"stage": "ledger_check"})
-def skip_already_forwarded(
-    context: dg.OpExecutionContext, batch: StageBatch, delta: DeltaTablesResource
-) -> StageBatch:
-    """Events the forward ledger holds were published by an earlier run: not again (unless that
-    run never committed, see the module). An event read twice in this run is forwarded once."""
-    if batch.rows.is_empty():
-        return batch
+def _forward_ledger(batch: StageBatch,
+                    delta: DeltaTablesResource) -> tuple[StageBatch, pl.DataFrame | None]:
+    """(the batch with each event_id once, the forward ledger's rows of its events or None)."""
     batch = batch.without_duplicate_deliveries()
     settings = batch.settings
     days = window_days(with_partition_columns(batch.rows).select("year", "month", "day")
@@ -67,12 +62,44 @@ def skip_already_forwarded(
     since = dedupe_since(batch.rows["kafka_timestamp"], settings.dedupe_window_hours)
     ledger = delta.rows_present(settings.table, "event_id", batch.rows["event_id"].to_list(), days,
                                 ["event_id", "forwarded_by_run", *RECORD_COLUMNS], since=since)
+    return batch, ledger
+
+
+@dg.op(out=dg.Out(io_manager_key=STAGE_IO), tags={"stage": "ledger_check"})
+def skip_already_forwarded(
+    context: dg.OpExecutionContext, batch: StageBatch, delta: DeltaTablesResource
+) -> StageBatch:
+    """The live job's check: events the forward ledger holds were published by an earlier run,
+    not again (unless that run never committed, see the module). An event read twice in this run
+    is forwarded once."""
+    if batch.rows.is_empty():
+        return batch
+    batch, ledger = _forward_ledger(batch, delta)
     if ledger is None:
         return batch
-    again = pl.DataFrame(schema={"event_id": pl.String})
-    if batch.mode == "live":
-        runs = ledger["forwarded_by_run"].unique().to_list()
-        again = forwarded_again(batch.rows, ledger, _succeeded_runs(context.instance, runs))
+    runs = ledger["forwarded_by_run"].unique().to_list()
+    again = forwarded_again(batch.rows, ledger, _succeeded_runs(context.instance, runs))
+    return _without_forwarded(context, batch, ledger, again)
+
+
+@dg.op(out=dg.Out(io_manager_key=STAGE_IO), tags={"stage": "ledger_check"})
+def skip_forwarded_before(
+    context: dg.OpExecutionContext, batch: StageBatch, delta: DeltaTablesResource
+) -> StageBatch:
+    """A backfill's check: every event the forward ledger holds counts as forwarded (a backfill
+    publishes nothing, so nothing is forwarded again)."""
+    if batch.rows.is_empty():
+        return batch
+    batch, ledger = _forward_ledger(batch, delta)
+    if ledger is None:
+        return batch
+    return _without_forwarded(context, batch, ledger, pl.DataFrame(schema={"event_id": pl.String}))
+
+
+def _without_forwarded(context: dg.OpExecutionContext, batch: StageBatch, ledger: pl.DataFrame,
+                       again: pl.DataFrame) -> StageBatch:
+    """The batch less the events in the ledger, except those in `again` (forwarded again)."""
+    settings = batch.settings
     forward = (~pl.col("event_id").is_in(ledger["event_id"].implode())
                | pl.col("event_id").is_in(again["event_id"].implode()))
     remaining = batch.rows.filter(forward)
@@ -93,17 +120,8 @@ def skip_already_forwarded(
 def record_forwarded(
     context: dg.OpExecutionContext, batch: StageBatch, delta: DeltaTablesResource
 ) -> StageBatch:
-    """Ledger rows for the events this run publishes, before the publishing transaction. A
-    backfill publishes nothing, so it records nothing: it counts the day's events the ledger
-    lacks (not_forwarded)."""
+    """Ledger rows for the events this run publishes, before the publishing transaction."""
     settings = batch.settings
-    if batch.mode != "live":
-        if batch.rows.height:
-            worker_logger(settings).warning(
-                "%s: %d selected events are not in the forward ledger (a backfill does not "
-                "publish them)", batch.source, batch.rows.height)
-        context.add_output_metadata({"not_forwarded": batch.rows.height})
-        return batch.next(batch.rows, not_forwarded=batch.rows.height)
     if batch.rows.is_empty():
         return batch
     writer = delta.writer(settings.table, key="ledger_key", dedupe_days=settings.dedupe_days)
@@ -113,3 +131,15 @@ def record_forwarded(
     context.add_output_metadata({"ledger_rows_inserted": result.inserted,
                                  "delta_version": result.version, "table_uri": writer.uri})
     return batch.next(batch.rows, ledger_rows_inserted=result.inserted)
+
+
+@dg.op(out=dg.Out(io_manager_key=STAGE_IO), tags={"stage": "kafka_publish"})
+def count_not_forwarded(context: dg.OpExecutionContext, batch: StageBatch) -> StageBatch:
+    """A backfill publishes nothing, so it records nothing: it counts the day's selected events
+    the forward ledger lacks (not_forwarded)."""
+    if batch.rows.height:
+        worker_logger(batch.settings).warning(
+            "%s: %d selected events are not in the forward ledger (a backfill does not "
+            "publish them)", batch.source, batch.rows.height)
+    context.add_output_metadata({"not_forwarded": batch.rows.height})
+    return batch.next(batch.rows, not_forwarded=batch.rows.height)

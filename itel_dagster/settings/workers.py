@@ -147,6 +147,11 @@ class WorkerSettings(_Strict):
         """The Delta table the final stage writes: the tracking table, or the send ledger."""
         return self.delta_table or self.asset
 
+    @property
+    def backfill_job(self) -> str:
+        """The asset's day-rebuild job (`dagster job backfill -j ...`), named after the live job."""
+        return f"{self.job.removesuffix('_job')}_backfill_job"
+
 
 class WorkersFile(_Strict):
     workers: dict[str, WorkerSettings]
@@ -198,4 +203,5 @@ def worker_of_asset(asset: str) -> WorkerSettings | None:
 
 
 def worker_of_job(job: str) -> WorkerSettings | None:
-    return next((w for w in load_workers().values() if w.job == job), None)
+    """The worker whose live job or backfill job this is."""
+    return next((w for w in load_workers().values() if job in (w.job, w.backfill_job)), None)
