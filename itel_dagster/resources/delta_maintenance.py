@@ -71,7 +71,7 @@ def open_table(uri: str, storage_options: dict[str, str] | None = None) -> Delta
 
 
 def day_file_count(table: DeltaTable, day: date) -> int:
-    return len(table.file_uris(partition_filters=day_filters(day)))
+    return len(table.file_uris(file_pruning_predicate=day_filters(day)))
 
 
 def compact_day(table: DeltaTable, day: date, target_size: int,
