@@ -18,7 +18,8 @@ SENSOR_NAME = "itel_run_failure_alerts"
 
 
 def worker_of_job(job_name: str) -> str | None:
-    """The worker whose live job (workers.yaml `job`) or backfill job this is, for runs without itel tags."""
+    """The worker whose live job (workers.yaml `job`) or backfill job this is, for runs without
+    itel tags."""
     try:
         settings = _settings_of_job(job_name)
     except ConfigError:
