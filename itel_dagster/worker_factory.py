@@ -35,7 +35,7 @@ class FinalStage:
     gate: Gate | None = None
 
 
-FINAL_STAGES = {
+FINAL_STAGE_PARTS = {
     DELTA_WRITE: FinalStage(checks=delta_write_checks),
     ITEL_API_SEND: FinalStage(checks=itel_api_send_checks, gate=itel_breaker_gate),
     # The forward ledger has no day-completeness check: most upstream events are skipped on
@@ -55,7 +55,7 @@ class Worker:
 
 
 def build_worker(settings: WorkerSettings) -> Worker:
-    final = FINAL_STAGES[settings.final_stage]
+    final = FINAL_STAGE_PARTS[settings.final_stage]
     job = build_worker_job(settings)
     return Worker(
         settings=settings,

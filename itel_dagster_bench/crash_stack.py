@@ -164,8 +164,8 @@ class CrashStack:
 
     def wait_for_started_run(self, worker: str | None = None, timeout: float = 60.0) -> RunFacts:
         """A run executing its ops while no run is STARTING: Dagster's run monitoring fails a
-        dead STARTING run only after run_monitoring.start_timeout_seconds (180 s), so a kill
-        then would measure that timeout, not the recovery."""
+        dead STARTING run only after run_monitoring.start_timeout_seconds (60 s in
+        dagster.yaml), so a kill then would measure that timeout, not the recovery."""
         deadline = time.monotonic() + timeout
         while True:
             live = self.live_runs()

@@ -11,7 +11,9 @@ from __future__ import annotations
 import time
 
 import pytest
+import yaml
 
+from itel_dagster.settings.paths import PROJECT_ROOT
 from itel_dagster_bench.crash_stack import CrashStack, Invariants
 from itel_dagster_bench.seed_workers import API_WORKER, TRACKING_WORKER
 
@@ -20,6 +22,9 @@ pytestmark = pytest.mark.slow  # starts a broker, simulators, a code server and 
 ROUND = 32  # send_round_size of the stack's config
 EVENTS = 80  # per case, 5% of them invalid
 LONGER_RUNS = 150  # where a run must be caught mid-run from outside
+# How long run monitoring leaves a run STARTING whose process died (the stack runs dagster.yaml).
+START_TIMEOUT_SECONDS = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())[
+    "run_monitoring"]["start_timeout_seconds"]
 ROWS: list[tuple] = []  # the table, printed when the module's stack stops
 
 POINT_CASES = {
@@ -81,10 +86,14 @@ def test_the_daemon_killed_mid_drain_and_restarted_loses_and_doubles_nothing(cra
 
     killed_at = time.time()
     killed = crash_stack.restart_daemon()
-    drained = crash_stack.wait_drained(batch)
+    # A run the daemon launched after the check above was STARTING at the kill: run monitoring
+    # fails it only after dagster.yaml's start_timeout_seconds (60), then the sensor re-dispatches.
+    drained = crash_stack.wait_drained(batch, timeout=120 + START_TIMEOUT_SECONDS)
 
     found = crash_stack.check(batch)
-    _record("daemon SIGKILL + restart", f"{len(killed)} live run(s) killed", found,
+    starting = sum(run.status == "STARTING" for run in killed)
+    _record("daemon SIGKILL + restart",
+            f"{len(killed)} live run(s) killed, {starting} of them STARTING", found,
             drained - killed_at)
     assert killed, "no run was live when the daemon was killed"
     killed_api_runs = sum(run.worker == API_WORKER for run in killed)

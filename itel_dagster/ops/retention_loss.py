@@ -71,13 +71,13 @@ def _report(context: dg.OpExecutionContext, settings: WorkerSettings,
     record_retention_loss(settings, total, log)
     ranges = [{"topic": r.topic, "partition": r.partition, "first_offset": r.start,
                "last_offset": r.end - 1, "records": r.size} for r in reported]
-    if context.has_assets_def:
-        # Partitioned by the day the loss was found: the lost records' own days are unknown.
-        context.log_event(dg.AssetObservation(
-            asset_key=context.assets_def.key,
-            partition=datetime.now(timezone.utc).date().isoformat(),
-            metadata={LOSS_KEY: total, "lost_offsets": dg.MetadataValue.json(ranges),
-                      "worker": settings.name, "consumer_group": settings.consumer_group}))
+    # On the worker's asset (the live job is an op job, not the asset), partitioned by the day
+    # the loss was found: the lost records' own days are unknown.
+    context.log_event(dg.AssetObservation(
+        asset_key=settings.asset,
+        partition=datetime.now(timezone.utc).date().isoformat(),
+        metadata={LOSS_KEY: total, "lost_offsets": dg.MetadataValue.json(ranges),
+                  "worker": settings.name, "consumer_group": settings.consumer_group}))
     _alert(context, settings, reported, log)
 
 
