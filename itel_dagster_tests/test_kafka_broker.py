@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import random
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -163,3 +166,24 @@ def test_existing_cluster_starts_nothing(kafka_bootstrap, tmp_path, monkeypatch)
     assert not (home / "broker.json").exists()
     stop = CliRunner().invoke(main, ["kafka", "stop", "--home", str(home)])
     assert "not ours to stop" in stop.output
+
+
+@pytest.mark.slow  # runs Maven, from several processes at once
+def test_workers_resolving_the_classpath_at_once_on_a_fresh_machine_all_get_it(tmp_path):
+    """pytest workers each start a broker: on a machine without the cached classpath they used to
+    share one temporary file, and all but the first failed with 'Maven could not resolve'."""
+    workers_at_once = 6
+    script = ("import sys; from pathlib import Path; "
+              "from itel_dagster.devstack.kafka.classpath import resolve_classpath; "
+              "print(resolve_classpath(Path(sys.argv[1])))")
+    workers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "cache")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(workers_at_once)]
+    results = [worker.communicate(timeout=300) for worker in workers]
+
+    assert [worker.returncode for worker in workers] == [0] * workers_at_once, [err for _, err in results]
+    classpaths = {out.strip() for out, _ in results}
+    assert len(classpaths) == 1
+    (classpath,) = classpaths
+    assert any("kafka" in Path(jar).name for jar in classpath.split(":"))
+    assert not list((tmp_path / "cache").glob("*.tmp"))  # every worker's temporary file is gone

@@ -6,6 +6,7 @@ state dir keyed by the pom's hash, so only the first start on a machine needs th
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -33,7 +34,10 @@ def _cached_classpath(cache_file: Path) -> str | None:
 
 
 def resolve_classpath(cache_dir: Path) -> str:
-    """Return the broker classpath, running `mvn dependency:build-classpath` when not cached."""
+    """Return the broker classpath, running `mvn dependency:build-classpath` when not cached.
+
+    Safe from several processes at once (pytest workers each starting a broker on a fresh
+    machine): one resolves under a file lock, the others wait and read its cache file."""
     cache_file = cache_dir / f"classpath-{_pom_digest()}.txt"
     cached = _cached_classpath(cache_file)
     if cached:
@@ -42,18 +46,23 @@ def resolve_classpath(cache_dir: Path) -> str:
     if mvn is None:
         raise KafkaSetupError("Maven (mvn) is not on PATH; install Maven 3.8+ to fetch Kafka")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    out_file = cache_dir / "classpath.tmp"
-    result = subprocess.run(
-        [mvn, "-q", "-B", "-f", str(POM), "dependency:build-classpath",
-         f"-Dmdep.outputFile={out_file}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0 or not out_file.exists():
-        tail = (result.stdout + result.stderr).strip().splitlines()[-15:]
-        raise KafkaSetupError("Maven could not resolve the Kafka jars:\n" + "\n".join(tail))
-    out_file.replace(cache_file)
+    with open(cache_dir / "classpath.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        cached = _cached_classpath(cache_file)  # resolved while this process waited
+        if cached:
+            return cached
+        out_file = cache_dir / f"classpath-{os.getpid()}.tmp"
+        result = subprocess.run(
+            [mvn, "-q", "-B", "-f", str(POM), "dependency:build-classpath",
+             f"-Dmdep.outputFile={out_file}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0 or not out_file.exists():
+            tail = (result.stdout + result.stderr).strip().splitlines()[-15:]
+            raise KafkaSetupError("Maven could not resolve the Kafka jars:\n" + "\n".join(tail))
+        out_file.replace(cache_file)
     return cache_file.read_text().strip()
 
 
