@@ -40,6 +40,7 @@ from itel_dagster.resources.delta_maintenance import (
     compact_open_day,
     day_file_count,
     file_stats,
+    set_retention_properties,
 )
 from itel_dagster.resources.delta_tables import PARTITION_COLUMNS, DeltaTableWriter, dedupe_since
 from itel_dagster.settings.connections import load_itel_connection
@@ -73,9 +74,10 @@ def enriched_pool(events: int) -> pl.DataFrame:
     return apply_lookups(valid, lookups)
 
 
-# A run every ~5 s: 18,000 runs a day, so that the 17,000-file day and the ~350 runs the bench
-# measures on it stay within one UTC day (at 5 s their write times wrapped past midnight).
-RUN_SECONDS = 4.8
+# A run every ~5 s: 19,200 runs a day, so that the 17,000-file day and the ~1,700 runs the bench
+# adds to a copy of it (a tombstone retention's runs, the runs it measures) stay within one UTC
+# day (at 5 s their write times wrapped past midnight).
+RUN_SECONDS = 4.5
 
 
 class RunRows:
@@ -214,6 +216,31 @@ def lifecycle_read_ms(uri: str, repeats: int = 3) -> dict[str, float | int]:
     return {"ms": round(statistics.median(timings), 1), "rows": found}
 
 
+def tombstone_count(uri: str) -> int:
+    """Removed files the table state still carries, which every run loads with the checkpoint."""
+    return len(DeltaTable(uri).vacuum(0, dry_run=True, enforce_retention_duration=False))
+
+
+def steady_tombstones(table: Table, args, target_size: int, compact_min_files: int) -> None:
+    """The table as it stands in steady state, some hours after this compaction: the checkpoint
+    job has left out the tombstones older than the tombstone retention, and carries those of the
+    last tombstone retention: that many hours of runs, compacted every compact_min_files files as
+    the compaction sensor does."""
+    set_retention_properties(DeltaTable(table.uri), 0, args.log_hours)
+    checkpoint(DeltaTable(table.uri))  # as the checkpoint job, tombstone_hours later
+    set_retention_properties(DeltaTable(table.uri), args.tombstone_hours, args.log_hours)
+    table.reopen()  # a writer's snapshot from before the property change may not commit
+    runs = round(args.tombstone_hours * 3600 / RUN_SECONDS)
+    while runs > 0:
+        chunk = min(runs, compact_min_files)
+        table.append(TODAY, chunk)
+        now = table.rows.last_timestamp + timedelta(seconds=RUN_SECONDS)
+        compact_open_day(DeltaTable(table.uri), TODAY, now, target_size)
+        table.reopen()
+        runs -= chunk
+    checkpoint(DeltaTable(table.uri))
+
+
 def build_closed_days(table: Table, days: int, files: int, target_size: int) -> list[int]:
     """Days before TODAY in small appends, each compacted once: files per closed day after."""
     after = []
@@ -229,7 +256,8 @@ def build_closed_days(table: Table, days: int, files: int, target_size: int) -> 
 def measure_size(work: Path, table: Table, files: int, args, target_size: int,
                  compact_min_files: int) -> dict:
     """Today at `files` small files: the run's write without maintenance, then on a copy of
-    the table compacted and checkpointed, and with compact_min_files more small files."""
+    the table compacted and checkpointed (in steady state: steady_tombstones), and with
+    compact_min_files more small files. The copy's runs do not move the main table's clock."""
     no_maintenance = per_run_ms(table.uri, table.name, table.rows, args.merge_rows, args.repeats)
     figures = {"no_maintenance_ms": no_maintenance, "delta_log": log_size(table.uri),
                "lifecycle_read": lifecycle_read_ms(table.uri)}
@@ -242,11 +270,16 @@ def measure_size(work: Path, table: Table, files: int, args, target_size: int,
     compacted = compact_open_day(DeltaTable(copy), TODAY, now, target_size)
     checkpoint(DeltaTable(copy))
     seconds = round(time.perf_counter() - began, 2)
+    read_compacted = lifecycle_read_ms(copy)  # the same rows as the read without maintenance
+    clock = (dict(table.rows.runs_of_day), table.rows.last_timestamp)
+    refill = Table(copy, table.name, table.rows, args.rows_per_file, args.files_per_commit)
+    steady_tombstones(refill, args, target_size, compact_min_files)
     after = per_run_ms(copy, table.name, table.rows, args.merge_rows, args.repeats)
     figures.update({
         "compaction_seconds": seconds, "files_after_compaction": compacted.files_after,
-        "compacted_ms": after,
-        "lifecycle_read_compacted": lifecycle_read_ms(copy),
+        "compacted_ms": after, "tombstones": tombstone_count(copy),
+        "files_after_steady": day_file_count(DeltaTable(copy), TODAY),
+        "lifecycle_read_compacted": read_compacted,
     })
     maintained = Table(copy, table.name, table.rows, args.rows_per_file)  # runs' own commits
     maintained.reopen()
@@ -254,6 +287,7 @@ def measure_size(work: Path, table: Table, files: int, args, target_size: int,
     before_next = per_run_ms(copy, table.name, table.rows, args.merge_rows, args.repeats)
     figures["before_next_compaction_ms"] = before_next
     shutil.rmtree(copy, ignore_errors=True)
+    table.rows.runs_of_day, table.rows.last_timestamp = clock
     return figures
 
 
@@ -285,13 +319,14 @@ def print_table(doc: dict) -> None:
     print(f"\nPer-run Delta write (median of {doc['options']['repeats']}, "
           f"{doc['options']['merge_rows']} rows, ms) as today's partition grows:")
     print(f"{'table':9} {'files':>6} {'no maint.':>10} {'compacted':>10} {'+min files':>11} "
-          f"{'compact s':>10} {'files after':>12} {'log entries':>12} {'ckpt MB':>8} "
-          f"{'30-day read ms':>15} {'(compacted)':>12}")
+          f"{'compact s':>10} {'files after':>12} {'tombstones':>11} {'log entries':>12} "
+          f"{'ckpt MB':>8} {'30-day read ms':>15} {'(compacted)':>12}")
     for name, result in doc["tables"].items():
         for size, f in result["sizes"].items():
             print(f"{name:9} {size:>6} {f['no_maintenance_ms']:>10} {f['compacted_ms']:>10} "
                   f"{f['before_next_compaction_ms']:>11} {f['compaction_seconds']:>10} "
-                  f"{f['files_after_compaction']:>12} {f['delta_log']['entries']:>12} "
+                  f"{f['files_after_compaction']:>12} {f['tombstones']:>11} "
+                  f"{f['delta_log']['entries']:>12} "
                   f"{f['delta_log']['checkpoint_bytes'] / 1e6:>8.1f} "
                   f"{f['lifecycle_read']['ms']:>15} {f['lifecycle_read_compacted']['ms']:>12}")
         full = result["full_day_files_after_compaction"]
@@ -304,7 +339,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="a smoke-test size: --files 1,20,60 --closed-days 3 "
-                        "--closed-day-files 4 --repeats 2 --compact-min-files 10")
+                        "--closed-day-files 4 --repeats 2 --compact-min-files 10 "
+                        "--tombstone-hours 0.02")
     parser.add_argument("--files", default="1,1000,5000,17000",
                         help="today's partition sizes measured, in files")
     parser.add_argument("--rows-per-file", type=int, default=20, help="rows a run adds to a day")
@@ -317,6 +353,8 @@ def main(argv: list[str] | None = None) -> None:
                         "builds large partitions faster (same files, fewer commits)")
     parser.add_argument("--compact-min-files", type=int, default=None,
                         help="[default: delta_maintenance.yaml's compact_min_files]")
+    parser.add_argument("--tombstone-hours", type=float, default=None,
+                        help="[default: delta_maintenance.yaml's tombstone_retention_hours]")
     parser.add_argument("--tables", default="tracking,ledger")
     parser.add_argument("--work-dir", type=Path, default=None, help=WORK_DIR_HELP)
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
@@ -326,6 +364,9 @@ def main(argv: list[str] | None = None) -> None:
         args.compact_min_files = args.compact_min_files or 10
     args.files = sorted(int(n) for n in args.files.split(","))
     maintenance = load_maintenance()
+    if args.tombstone_hours is None:
+        args.tombstone_hours = 0.02 if args.quick else maintenance.tombstone_retention_hours
+    args.log_hours = maintenance.log_retention_hours
     compact_min_files = args.compact_min_files or maintenance.compact_min_files
     target_size = maintenance.target_file_mb * 1024 * 1024
     began = time.perf_counter()
@@ -336,7 +377,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = RunRows(enriched_pool(max(2_000, args.rows_per_file * 4, args.merge_rows * 4)))
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     doc = {"options": {**options, "compact_min_files": compact_min_files,
-                       "target_file_mb": maintenance.target_file_mb},
+                       "target_file_mb": maintenance.target_file_mb,
+                       "runs_per_tombstone_retention": round(args.tombstone_hours * 3600
+                                                             / RUN_SECONDS)},
            "machine": machine(), "tables": {}}
     with bench_work_dir(args.work_dir, "itel-steady-") as work:
         for name in args.tables.split(","):

@@ -41,6 +41,11 @@ def test_quick_steady_bench_reports_both_tables_at_each_size(tmp_path):
             # minute (a run every RUN_SECONDS) stay: at most 2 buckets + those in 5 minutes.
             assert figures["files_after_compaction"] <= 2 + math.ceil(60 / RUN_SECONDS), (
                 name, size)
+            # Measured in steady state: the checkpoint carries the tombstones of the last
+            # tombstone retention's runs (and the buckets they were merged into), not those of
+            # the day's first compaction nor of the closed days'.
+            window = doc["options"]["runs_per_tombstone_retention"]
+            assert 0 < figures["tombstones"] <= window + 4, (name, size, figures["tombstones"])
         # Each append is one commit: the log grows with the partition.
         assert sizes["60"]["delta_log"]["entries"] > sizes["1"]["delta_log"]["entries"] + 50
         assert sizes["60"]["lifecycle_read"]["rows"] == sizes["60"]["lifecycle_read_compacted"][

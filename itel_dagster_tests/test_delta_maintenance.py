@@ -4,8 +4,10 @@ requests, vacuum and log cleanup, and the retention floor."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
+import time
 import uuid
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -20,13 +22,16 @@ from itel_dagster.jobs.delta_maintenance import (
     TABLE_TAG,
     compaction_requests,
     delta_compaction_job,
+    delta_checkpoint_job,
     delta_compaction_sensor,
     delta_vacuum_job,
 )
 from itel_dagster.resources.delta_maintenance import (
     Retrying,
+    checkpoint,
     compact_day,
     day_file_count,
+    set_retention_properties,
     vacuum_and_clean_log,
 )
 from itel_dagster.resources.delta_tables import (
@@ -216,6 +221,17 @@ def test_the_compaction_job_and_sensor_run_in_dagster_on_the_resource_root(tmp_p
                                                           "itel_cabinet_trigger_forwards"}
 
 
+def tombstones(uri: str) -> int:
+    """Removed files the table state still carries (a lite vacuum lists exactly those)."""
+    return len(DeltaTable(uri).vacuum(0, dry_run=True, enforce_retention_duration=False))
+
+
+def written_days_ago(paths, days: float) -> None:
+    when = time.time() - days * 86_400
+    for path in paths:
+        os.utime(path, (when, when))
+
+
 def test_vacuum_deletes_removed_files_past_retention_and_cleans_the_log(tmp_path):
     uri = str(tmp_path / "t")
     small_files(uri, 8)
@@ -224,7 +240,8 @@ def test_vacuum_deletes_removed_files_past_retention_and_cleans_the_log(tmp_path
     log_before = len(list((Path(uri) / "_delta_log").glob("*.json")))
     ids = event_ids(uri)
 
-    outcome = vacuum_and_clean_log(DeltaTable(uri), vacuum_hours=0, log_hours=0, retrying=NO_WAIT)
+    outcome = vacuum_and_clean_log(DeltaTable(uri), vacuum_hours=0, tombstone_hours=0,
+                                   log_hours=0, retrying=NO_WAIT)
 
     assert outcome["files_deleted"] == 8 and outcome["properties_set"] is True
     assert len(data_files(uri)) == parquet_before - 8
@@ -240,6 +257,63 @@ def test_vacuum_deletes_removed_files_past_retention_and_cleans_the_log(tmp_path
     assert delta_vacuum_job.execute_in_process(
         resources={"delta": DeltaTablesResource(root=str(tmp_path))}).success
     assert len(data_files(uri)) == on_disk
+
+
+def test_expired_tombstones_leave_the_checkpoint_and_the_vacuum_still_keeps_young_files(tmp_path):
+    """Runs load every tombstone of the checkpoint, so a checkpoint leaves out those past
+    tombstone_retention_hours; the full vacuum then finds removed files by listing, and deletes
+    only files written more than vacuum_retention_hours ago that nothing references."""
+    uri = str(tmp_path / "t")
+    small_files(uri, 6)
+    small_files(uri, 4, day=OTHER_DAY)
+    old_day_files = [p for p in data_files(uri) if f"day={OTHER_DAY.day}" in str(p)]
+    written_days_ago(old_day_files, 10)  # a backfill of an old day removes files this old
+    compact_day(DeltaTable(uri), DAY, 64 * 1024 * 1024, NO_WAIT)
+    compact_day(DeltaTable(uri), OTHER_DAY, 64 * 1024 * 1024, NO_WAIT)
+    assert tombstones(uri) == 10
+    ids = event_ids(uri)
+
+    # Tombstones within the retention stay in the checkpoint, and the vacuum keeps their files.
+    assert set_retention_properties(DeltaTable(uri), 2, 168, NO_WAIT) is True
+    checkpoint(DeltaTable(uri))
+    assert tombstones(uri) == 10
+    vacuum_and_clean_log(DeltaTable(uri), vacuum_hours=168, tombstone_hours=2, log_hours=168,
+                         retrying=NO_WAIT)
+    assert all(p.exists() for p in old_day_files)
+
+    # Past the tombstone retention (0 h here), the checkpoint leaves them out...
+    set_retention_properties(DeltaTable(uri), 0, 168, NO_WAIT)
+    checkpoint(DeltaTable(uri))
+    assert tombstones(uri) == 0
+    day_dir = Path(uri) / f"year={DAY.year}" / f"month={DAY.month}" / f"day={DAY.day}"
+    orphan_old, orphan_new = day_dir / "part-orphan-old.parquet", day_dir / "part-orphan-new.parquet"
+    rows(2).write_parquet(orphan_old)
+    rows(2).write_parquet(orphan_new)  # a run still writing it
+    written_days_ago([orphan_old], 10)
+    active = [Path(u.removeprefix("file://")) for u in DeltaTable(uri).file_uris()]
+    written_days_ago(active, 10)  # referenced files are never deleted, however old
+
+    outcome = vacuum_and_clean_log(DeltaTable(uri), vacuum_hours=168, tombstone_hours=0,
+                                   log_hours=168, retrying=NO_WAIT)
+
+    # ...and the vacuum deletes the 10-day-old removed files and the never-committed old file,
+    # but keeps the removed files written today and the file a run is still writing.
+    assert outcome["files_deleted"] == 5
+    assert not any(p.exists() for p in old_day_files) and not orphan_old.exists()
+    assert orphan_new.exists() and all(p.exists() for p in active)
+    assert len(data_files(uri)) == 6 + len(active) + 1
+    assert event_ids(uri) == ids
+
+
+def test_the_checkpoint_job_writes_the_tombstone_retention_into_the_tables(tmp_path):
+    uri = str(tmp_path / "itel_cabinet_task_tracking")
+    small_files(uri, 3)
+    assert delta_checkpoint_job.execute_in_process(
+        resources={"delta": DeltaTablesResource(root=str(tmp_path))}).success
+    config = DeltaTable(uri).metadata().configuration
+    assert config["delta.deletedFileRetentionDuration"] == \
+        f"interval {MAINTENANCE.tombstone_retention_hours} hours"
+    assert (Path(uri) / "_delta_log" / "00000000000000000003.checkpoint.parquet").exists()
 
 
 def test_a_retention_below_what_readers_need_is_refused_at_load(tmp_path, monkeypatch):
@@ -262,3 +336,17 @@ def test_a_retention_below_what_readers_need_is_refused_at_load(tmp_path, monkey
     monkeypatch.setenv("ITEL_CONFIG_DIR", str(config))
     with pytest.raises(ConfigError, match="delta_maintenance.vacuum_retention_hours"):
         load_maintenance()
+
+
+def test_a_tombstone_retention_shorter_than_a_run_is_refused(tmp_path, monkeypatch):
+    workers = load_workers()
+    assert MAINTENANCE.tombstone_retention_hours >= 1
+    check_retention(MAINTENANCE.model_copy(update={"tombstone_retention_hours": 1}), workers)
+    longer_runs = {name: w.model_copy(update={"max_runtime_seconds": 3 * 3600 + 1})
+                   for name, w in workers.items()}
+    with pytest.raises(ConfigError, match="tombstone_retention_hours' is 2 h, below the 4 h"):
+        check_retention(MAINTENANCE.model_copy(update={"tombstone_retention_hours": 2}),
+                        longer_runs)
+    with pytest.raises(ConfigError, match="tombstone_retention_hours' is 2 h, below the 24 h"):
+        check_retention(MAINTENANCE.model_copy(update={"reader_history_hours": 24,
+                                                       "tombstone_retention_hours": 2}), workers)

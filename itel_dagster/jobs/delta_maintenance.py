@@ -18,6 +18,7 @@ from itel_dagster.resources.delta_maintenance import (
     compact_open_day,
     day_file_count,
     open_table,
+    set_retention_properties,
     vacuum_and_clean_log,
 )
 from itel_dagster.resources.delta_tables import DeltaTablesResource
@@ -137,13 +138,17 @@ def checkpoint_tables(context: dg.OpExecutionContext, delta: DeltaTablesResource
     for name in TABLES:
         table = _open(delta, name)
         if table is not None:
+            # The checkpoint drops the tombstones past the retention, so that runs stop loading them.
+            set_retention_properties(table, MAINTENANCE.tombstone_retention_hours,
+                                     MAINTENANCE.log_retention_hours, _retrying())
             versions[name] = checkpoint(table)
     context.add_output_metadata({f"{name}_checkpoint_version": v for name, v in versions.items()})
 
 
 @dg.job(name="itel_delta_checkpoint_job", executor_def=dg.in_process_executor,
         tags=MAINTENANCE_TAGS,
-        description="Writes a checkpoint of each Delta table at its current version.")
+        description="Writes a checkpoint of each Delta table at its current version, without "
+        "the tombstones past tombstone_retention_hours (every run loads the checkpoint).")
 def delta_checkpoint_job():
     checkpoint_tables()
 
@@ -156,14 +161,16 @@ def vacuum_tables(context: dg.OpExecutionContext, delta: DeltaTablesResource) ->
         if table is None:
             continue
         outcome = vacuum_and_clean_log(table, MAINTENANCE.vacuum_retention_hours,
+                                       MAINTENANCE.tombstone_retention_hours,
                                        MAINTENANCE.log_retention_hours, _retrying())
         metadata.update({f"{name}_{key}": value for key, value in outcome.items()})
     context.add_output_metadata(metadata)
 
 
 @dg.job(name="itel_delta_vacuum_job", executor_def=dg.in_process_executor, tags=MAINTENANCE_TAGS,
-        description="Deletes data files removed more than vacuum_retention_hours ago and "
-        "_delta_log entries older than log_retention_hours, in each Delta table.")
+        description="Deletes data files the table no longer references, written more than "
+        "vacuum_retention_hours ago and past tombstone_retention_hours, and _delta_log entries "
+        "older than log_retention_hours, in each Delta table.")
 def delta_vacuum_job():
     vacuum_tables()
 

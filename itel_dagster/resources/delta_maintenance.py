@@ -214,23 +214,27 @@ def compact_open_day(table: DeltaTable, day: date, now: datetime, target_size: i
 
 
 def checkpoint(table: DeltaTable) -> int:
-    """A checkpoint at the table's current version (readers load it instead of every commit)."""
+    """A checkpoint at the table's current version (readers load it instead of every commit).
+    It keeps the tombstones of files removed within delta.deletedFileRetentionDuration."""
     table.update_incremental()
     table.create_checkpoint()
     return table.version()
 
 
-def retention_properties(vacuum_hours: int, log_hours: int) -> dict[str, str]:
-    return {"delta.deletedFileRetentionDuration": f"interval {vacuum_hours} hours",
+def retention_properties(tombstone_hours: int, log_hours: int) -> dict[str, str]:
+    return {"delta.deletedFileRetentionDuration": f"interval {tombstone_hours} hours",
             "delta.logRetentionDuration": f"interval {log_hours} hours"}
 
 
-def vacuum_and_clean_log(table: DeltaTable, vacuum_hours: int, log_hours: int,
-                         retrying: Retrying = Retrying()) -> dict[str, int | bool]:
-    """Delete data files removed more than vacuum_hours ago, and _delta_log entries older than
-    log_hours that a checkpoint covers. The retention periods are written into the table's
-    properties first (once), so any other Delta client vacuuming it keeps them too."""
-    wanted = retention_properties(vacuum_hours, log_hours)
+def set_retention_properties(table: DeltaTable, tombstone_hours: int, log_hours: int,
+                             retrying: Retrying = Retrying()) -> bool:
+    """Writes the retention into the table's properties, once (True when it changed them).
+
+    delta.deletedFileRetentionDuration is how long a removed file's tombstone stays in the
+    table state: every checkpoint carries the tombstones younger than it, and every run loads
+    them. A day's compactions remove ~17,000 run files, so 7 days of tombstones would cost each
+    run's table load ~0.2 s; tombstone_retention_hours keeps them as long as a reader needs."""
+    wanted = retention_properties(tombstone_hours, log_hours)
 
     def set_properties(_attempt: int) -> bool:
         table.update_incremental()
@@ -241,12 +245,27 @@ def vacuum_and_clean_log(table: DeltaTable, vacuum_hours: int, log_hours: int,
         return True
 
     changed, _ = retrying.run(set_properties)
-    # Vacuum first: it finds removed files by their log entries (remove actions), which a
-    # checkpoint leaves out once they are older than the retention and cleanup then deletes.
+    return bool(changed)
+
+
+def vacuum_and_clean_log(table: DeltaTable, vacuum_hours: int, tombstone_hours: int,
+                         log_hours: int, retrying: Retrying = Retrying()) -> dict[str, int | bool]:
+    """Delete the data files the table no longer references that were written more than
+    vacuum_hours ago and whose tombstone (if any) is past tombstone_hours, and _delta_log entries
+    older than log_hours that a checkpoint covers.
+
+    A full vacuum (delta-rs `full=True`): it lists the table's files and keeps every file the
+    snapshot references (active, or removed within the tombstone retention) and every file
+    younger than vacuum_hours by its write time. So no file younger than vacuum_hours is ever
+    deleted, in-flight writers' files included, and files no commit ever added (a run killed
+    between writing and committing) go too. The retention goes into the table properties first,
+    so other Delta clients vacuuming the table keep the tombstones as long."""
+    changed = set_retention_properties(table, tombstone_hours, log_hours, retrying)
     deleted, _ = retrying.run(lambda _attempt: table.vacuum(
-        retention_hours=vacuum_hours, dry_run=False, enforce_retention_duration=False))
+        retention_hours=vacuum_hours, dry_run=False, enforce_retention_duration=False,
+        full=True))
     table.update_incremental()
     table.create_checkpoint()
     table.cleanup_metadata()
-    return {"files_deleted": len(deleted or []), "properties_set": bool(changed),
+    return {"files_deleted": len(deleted or []), "properties_set": changed,
             "vacuum_gave_up": deleted is None}

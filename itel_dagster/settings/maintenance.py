@@ -33,10 +33,13 @@ class MaintenanceSettings(BaseModel):
     closed_day_lookback_days: int = Field(3, ge=1, le=31)
     checkpoint_cron: str = "*/15 * * * *"
     vacuum_cron: str = "15 2 * * *"
-    # Files removed from the table (by compaction or a backfill) are deleted after this long;
-    # _delta_log entries older than log_retention_hours go at the same time.
+    # The vacuum deletes files the table no longer references once they were written more than
+    # vacuum_retention_hours ago; _delta_log entries older than log_retention_hours go with it.
     vacuum_retention_hours: int = Field(168, ge=1)
     log_retention_hours: int = Field(168, ge=1)
+    # How long a removed file's tombstone stays in the table state (each run loads them all):
+    # a removed file is kept at least this long, and vacuum_retention_hours after it was written.
+    tombstone_retention_hours: int = Field(2, ge=1)
     # Hours of table history a reader may time-travel to (0: readers use the latest version only).
     reader_history_hours: int = Field(0, ge=0)
     # A maintenance commit that loses to a concurrent (live) commit backs off and retries; after
@@ -54,6 +57,15 @@ def required_retention_hours(settings: MaintenanceSettings,
     return max(dedupe, run, settings.reader_history_hours)
 
 
+def required_tombstone_hours(settings: MaintenanceSettings,
+                             workers: dict[str, WorkerSettings]) -> int:
+    """The shortest tombstone retention that no snapshot in use outlives: a run's
+    (max_runtime_seconds) and a time-travelling reader's (reader_history_hours). The dedupe
+    window reads the latest snapshot, so it needs the files' retention, not their tombstones'."""
+    run = math.ceil(max(w.max_runtime_seconds for w in workers.values()) / 3600)
+    return max(run, settings.reader_history_hours)
+
+
 def check_retention(settings: MaintenanceSettings, workers: dict[str, WorkerSettings],
                     source: str = MAINTENANCE_FILE) -> MaintenanceSettings:
     needed = required_retention_hours(settings, workers)
@@ -63,6 +75,12 @@ def check_retention(settings: MaintenanceSettings, workers: dict[str, WorkerSett
                 f"{source}: key 'delta_maintenance.{key}' is {getattr(settings, key)} h, below the "
                 f"{needed} h a reader needs (dedupe_days + 1 day, max_runtime_seconds, "
                 "reader_history_hours)")
+    tombstones = required_tombstone_hours(settings, workers)
+    if settings.tombstone_retention_hours < tombstones:
+        raise ConfigError(
+            f"{source}: key 'delta_maintenance.tombstone_retention_hours' is "
+            f"{settings.tombstone_retention_hours} h, below the {tombstones} h a snapshot in use "
+            "needs (max_runtime_seconds, reader_history_hours)")
     return settings
 
 
