@@ -7,6 +7,8 @@ bash "$ROOT/scripts/ensure_browser.sh"
 # Azurite for the object-storage Delta tests; where npm cannot install it, they skip with the reason.
 bash "$ROOT/scripts/ensure_azurite.sh" || echo "warning: azurite not installed" >&2
 cd "$ROOT"
-# Two pytest workers (pytest-xdist), each with its own broker, a whole file per worker (module
-# fixtures such as the crash matrix's stack stay in one process). ITEL_TEST_WORKERS=0: one process.
-exec "$VENV_BIN/python" -m pytest -n "${ITEL_TEST_WORKERS:-2}" --dist loadfile --durations=15 "$@"
+# Three pytest workers (pytest-xdist) on two cores: most tests wait on brokers, daemons and runs.
+# Each worker has its own broker and takes whole files (module fixtures such as the crash
+# matrix's stack stay in one process), the files with slow and browser tests first
+# (fixtures/lanes.py). ITEL_TEST_WORKERS=0: one process.
+exec "$VENV_BIN/python" -m pytest -n "${ITEL_TEST_WORKERS:-3}" --dist loadfile --durations=15 "$@"
