@@ -149,18 +149,23 @@ def test_asset_checks_and_a_day_rebuild_on_azurite(object_store_pipeline):
     assert checks[COMPLETE].passed and checks[UNIQUE].passed
 
 
+def four_small_files(uri: str, day: date, options: dict[str, str]) -> None:
+    """Four one-commit appends of 3 rows (e0-0 .. e3-2) to one day, as live runs leave them."""
+    for n in range(4):
+        rows = pl.DataFrame({"event_id": [f"e{n}-{i}" for i in range(3)]}).with_columns(
+            pl.lit(day.year, pl.Int32).alias("year"), pl.lit(day.month, pl.Int32).alias("month"),
+            pl.lit(day.day, pl.Int32).alias("day"))
+        write_deltalake(uri, rows, partition_by=PARTITION_COLUMNS, mode="append",
+                        storage_options=options)
+
+
 def test_the_compaction_job_compacts_a_day_on_azurite(azurite, monkeypatch):
     from itel_dagster.jobs.delta_maintenance import delta_compaction_job
 
     monkeypatch.setenv("ITEL_DELTA_STORAGE_OPTIONS", json.dumps(azurite.storage_options()))
     delta = DeltaTablesResource(root=new_root(azurite))
     uri, day = delta.table_uri(LEDGER_TABLE), date(2026, 11, 5)
-    for n in range(4):
-        rows = pl.DataFrame({"event_id": [f"e{n}-{i}" for i in range(3)]}).with_columns(
-            pl.lit(day.year, pl.Int32).alias("year"), pl.lit(day.month, pl.Int32).alias("month"),
-            pl.lit(day.day, pl.Int32).alias("day"))
-        write_deltalake(uri, rows, partition_by=PARTITION_COLUMNS, mode="append",
-                        storage_options=azurite.storage_options())
+    four_small_files(uri, day, azurite.storage_options())
     assert day_file_count(DeltaTable(uri, storage_options=azurite.storage_options()), day) == 4
 
     result = delta_compaction_job.execute_in_process(
@@ -213,3 +218,41 @@ def test_two_writers_from_one_snapshot_both_commit_and_nothing_is_overwritten(az
     write_deltalake(second, pl.DataFrame({"n": [2]}), mode="append")
     assert DeltaTable(uri, storage_options=options).version() == 2
     assert sorted(pl.read_delta(uri, storage_options=options)["n"]) == [0, 1, 2]
+
+
+def test_the_checkpoint_and_full_vacuum_jobs_run_on_azurite(azurite, monkeypatch):
+    # The vacuum lists the container (delta-rs full vacuum): on the object store it keeps the
+    # files a compaction just removed (written minutes ago) and every row; the checkpoint job
+    # writes the tombstone retention into the table.
+    from itel_dagster.jobs.delta_maintenance import (
+        MAINTENANCE,
+        delta_checkpoint_job,
+        delta_compaction_job,
+        delta_vacuum_job,
+    )
+
+    monkeypatch.setenv("ITEL_DELTA_STORAGE_OPTIONS", json.dumps(azurite.storage_options()))
+    delta, options = DeltaTablesResource(root=new_root(azurite)), azurite.storage_options()
+    uri, day = delta.table_uri(LEDGER_TABLE), date(2026, 11, 5)
+    four_small_files(uri, day, options)
+    assert delta_compaction_job.execute_in_process(
+        run_config={"ops": {"compact_day_partition": {
+            "config": {"table": LEDGER_TABLE, "day": day.isoformat()}}}},
+        resources={"delta": delta}).success
+
+    assert delta_checkpoint_job.execute_in_process(resources={"delta": delta}).success
+    table = DeltaTable(uri, storage_options=options)
+    assert table.metadata().configuration["delta.deletedFileRetentionDuration"] == \
+        f"interval {MAINTENANCE.tombstone_retention_hours} hours"
+    removed = table.vacuum(0, dry_run=True, enforce_retention_duration=False)
+    assert len(removed) == 4  # the compaction's tombstones, still within their 2 hours
+
+    result = delta_vacuum_job.execute_in_process(resources={"delta": delta})
+
+    assert result.success
+    # Still in the container: a full listing at retention 0 finds exactly those 4 files.
+    table = DeltaTable(uri, storage_options=options)
+    still_there = table.vacuum(0, dry_run=True, enforce_retention_duration=False, full=True)
+    assert sorted(still_there) == sorted(removed)
+    assert sorted(delta.read(LEDGER_TABLE)["event_id"]) == sorted(
+        f"e{n}-{i}" for n in range(4) for i in range(3))
