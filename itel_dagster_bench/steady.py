@@ -41,6 +41,7 @@ from itel_dagster.resources.delta_maintenance import (
     day_file_count,
     file_stats,
     set_retention_properties,
+    tombstone_count,
 )
 from itel_dagster.resources.delta_tables import PARTITION_COLUMNS, DeltaTableWriter, dedupe_since
 from itel_dagster.settings.connections import load_itel_connection
@@ -216,9 +217,9 @@ def lifecycle_read_ms(uri: str, repeats: int = 3) -> dict[str, float | int]:
     return {"ms": round(statistics.median(timings), 1), "rows": found}
 
 
-def tombstone_count(uri: str) -> int:
-    """Removed files the table state still carries, which every run loads with the checkpoint."""
-    return len(DeltaTable(uri).vacuum(0, dry_run=True, enforce_retention_duration=False))
+def runs_per_retention(tombstone_hours: float) -> int:
+    """The runs of one tombstone retention at the bench's pace."""
+    return round(tombstone_hours * 3600 / RUN_SECONDS)
 
 
 def steady_tombstones(table: Table, args, target_size: int, compact_min_files: int) -> None:
@@ -230,7 +231,7 @@ def steady_tombstones(table: Table, args, target_size: int, compact_min_files: i
     checkpoint(DeltaTable(table.uri))  # as the checkpoint job, tombstone_hours later
     set_retention_properties(DeltaTable(table.uri), args.tombstone_hours, args.log_hours)
     table.reopen()  # a writer's snapshot from before the property change may not commit
-    runs = round(args.tombstone_hours * 3600 / RUN_SECONDS)
+    runs = runs_per_retention(args.tombstone_hours)
     while runs > 0:
         chunk = min(runs, compact_min_files)
         table.append(TODAY, chunk)
@@ -277,7 +278,7 @@ def measure_size(work: Path, table: Table, files: int, args, target_size: int,
     after = per_run_ms(copy, table.name, table.rows, args.merge_rows, args.repeats)
     figures.update({
         "compaction_seconds": seconds, "files_after_compaction": compacted.files_after,
-        "compacted_ms": after, "tombstones": tombstone_count(copy),
+        "compacted_ms": after, "tombstones": tombstone_count(DeltaTable(copy)),
         "files_after_steady": day_file_count(DeltaTable(copy), TODAY),
         "lifecycle_read_compacted": read_compacted,
     })
@@ -378,8 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     doc = {"options": {**options, "compact_min_files": compact_min_files,
                        "target_file_mb": maintenance.target_file_mb,
-                       "runs_per_tombstone_retention": round(args.tombstone_hours * 3600
-                                                             / RUN_SECONDS)},
+                       "runs_per_tombstone_retention": runs_per_retention(args.tombstone_hours)},
            "machine": machine(), "tables": {}}
     with bench_work_dir(args.work_dir, "itel-steady-") as work:
         for name in args.tables.split(","):

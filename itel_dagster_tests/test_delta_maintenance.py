@@ -32,6 +32,7 @@ from itel_dagster.resources.delta_maintenance import (
     compact_day,
     day_file_count,
     set_retention_properties,
+    tombstone_count,
     vacuum_and_clean_log,
 )
 from itel_dagster.resources.delta_tables import (
@@ -222,8 +223,7 @@ def test_the_compaction_job_and_sensor_run_in_dagster_on_the_resource_root(tmp_p
 
 
 def tombstones(uri: str) -> int:
-    """Removed files the table state still carries (a lite vacuum lists exactly those)."""
-    return len(DeltaTable(uri).vacuum(0, dry_run=True, enforce_retention_duration=False))
+    return tombstone_count(DeltaTable(uri))
 
 
 def written_days_ago(paths, days: float) -> None:

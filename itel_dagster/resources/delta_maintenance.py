@@ -221,6 +221,12 @@ def checkpoint(table: DeltaTable) -> int:
     return table.version()
 
 
+def tombstone_count(table: DeltaTable) -> int:
+    """Removed files the table state still carries (every run loads them with the checkpoint):
+    what a tombstone-only vacuum at retention 0 would list."""
+    return len(table.vacuum(0, dry_run=True, enforce_retention_duration=False))
+
+
 def retention_properties(tombstone_hours: int, log_hours: int) -> dict[str, str]:
     return {"delta.deletedFileRetentionDuration": f"interval {tombstone_hours} hours",
             "delta.logRetentionDuration": f"interval {log_hours} hours"}
