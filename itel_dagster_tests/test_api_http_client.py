@@ -4,8 +4,10 @@ default and per-request headers, timeouts, httpx's transport errors) still holds
 from __future__ import annotations
 
 import json
+import ssl
 from concurrent.futures import ThreadPoolExecutor
 
+import certifi
 import httpx
 import pytest
 
@@ -49,3 +51,17 @@ def test_a_refused_connection_is_httpx_connect_error(claimx):
     with ApiHttpClient(claimx.url, {}, TIMEOUT, 1) as client:
         with pytest.raises(httpx.ConnectError):
             client.request("GET", "/api/v1/tasks/1000400")
+
+
+def test_clients_share_one_verifying_ssl_context_per_ca_setting(claimx, monkeypatch):
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    with ApiHttpClient(claimx.url, {}, TIMEOUT, 1) as one, \
+            ApiHttpClient(claimx.url, {}, TIMEOUT, 1) as other:
+        assert one.ssl_context is other.ssl_context
+        assert one.ssl_context.verify_mode == ssl.CERT_REQUIRED
+        assert one.ssl_context.check_hostname
+    monkeypatch.setenv("SSL_CERT_FILE", certifi.where())  # httpx reads it per client: so do we
+    with ApiHttpClient(claimx.url, {}, TIMEOUT, 1) as chosen_ca:
+        assert chosen_ca.ssl_context is not one.ssl_context
+        assert chosen_ca.ssl_context.verify_mode == ssl.CERT_REQUIRED

@@ -39,7 +39,7 @@ def test_smoke_bench_reports_every_figure_and_loses_nothing(kafka_bootstrap, tmp
     (result_file,) = results.glob("bench-*-smoke.json")
     doc = json.loads(result_file.read_text())
     assert doc["passed"] is True and doc["error"] is None
-    assert doc["options"]["events"] == 500
+    assert doc["options"]["events"] == 200
     assert doc["machine"]["cores"] >= 1 and doc["machine"]["memory_gb"] > 0
     assert "commit" in doc["git"]
     figures = doc["figures"]

@@ -10,5 +10,7 @@ cd "$ROOT"
 # Three pytest workers (pytest-xdist) on two cores: most tests wait on brokers, daemons and runs.
 # Each worker has its own broker and takes whole files (module fixtures such as the crash
 # matrix's stack stay in one process), the files with slow and browser tests first
-# (fixtures/lanes.py). ITEL_TEST_WORKERS=0: one process.
-exec "$VENV_BIN/python" -m pytest -n "${ITEL_TEST_WORKERS:-3}" --dist loadfile --durations=15 "$@"
+# (fixtures/lanes.py; --no-loadscope-reorder keeps that order: xdist's default hands out the
+# files with the most tests first). ITEL_TEST_WORKERS=0: one process.
+exec "$VENV_BIN/python" -m pytest -n "${ITEL_TEST_WORKERS:-3}" --dist loadfile --no-loadscope-reorder \
+  --durations=15 "$@"

@@ -14,7 +14,7 @@ import click
 from itel_dagster.settings.paths import PROJECT_ROOT
 
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
-SMOKE = {"events": 500, "days": 0.2, "steady_seconds": 15.0, "overhead_runs": 1,
+SMOKE = {"events": 200, "days": 0.2, "steady_seconds": 8.0, "overhead_runs": 1,
          "catch_up_timeout": 600.0}
 
 
