@@ -10,15 +10,20 @@ pytest_plugins = [
 ]
 
 
+import os  # noqa: E402
+
 import pytest  # noqa: E402
+
+# The brokers the tests start (the session's, the crash stack's, the CLI's) compile with C1 only:
+# less CPU to start and to serve a test's traffic (docs/testing.md). Set the variable to "" to
+# test with the brokers' defaults.
+os.environ.setdefault("ITEL_KAFKA_JVM_OPTIONS", "-XX:TieredStopAtLevel=1")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def state_dir_outside_the_checkout(tmp_path_factory):
     """Tests that build clients without the `pipeline` fixture (which sets its own) write their
     metrics, cache and breaker state here, never into the checkout's ./var."""
-    import os
-
     previous = os.environ.get("ITEL_STATE_DIR")
     os.environ["ITEL_STATE_DIR"] = str(tmp_path_factory.mktemp("state"))
     yield

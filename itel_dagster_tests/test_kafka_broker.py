@@ -17,7 +17,13 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from itel_dagster.cli import main
-from itel_dagster.devstack.kafka.broker import LocalKafkaBroker, new_cluster_id
+from itel_dagster.devstack.kafka.broker import (
+    JVM_OPTIONS,
+    JVM_OPTIONS_ENV,
+    LocalKafkaBroker,
+    jvm_options,
+    new_cluster_id,
+)
 from itel_dagster.devstack.kafka.topics import ensure_topics, pipeline_topics
 from itel_dagster.kafka.results_producer import DeliveryFailed, ResultsProducer
 from itel_dagster.settings.workers import load_workers
@@ -187,3 +193,36 @@ def test_workers_resolving_the_classpath_at_once_on_a_fresh_machine_all_get_it(t
     (classpath,) = classpaths
     assert any("kafka" in Path(jar).name for jar in classpath.split(":"))
     assert not list((tmp_path / "cache").glob("*.tmp"))  # every worker's temporary file is gone
+
+
+def test_jvm_options_from_the_variable_come_after_the_defaults(monkeypatch):
+    monkeypatch.setenv(JVM_OPTIONS_ENV, " -XX:TieredStopAtLevel=1  -Xmx512m ")
+    assert jvm_options() == [*JVM_OPTIONS, "-XX:TieredStopAtLevel=1", "-Xmx512m"]
+    monkeypatch.setenv(JVM_OPTIONS_ENV, "")
+    assert jvm_options() == JVM_OPTIONS
+
+
+@pytest.mark.slow  # starts a broker from three processes at once
+def test_xdist_workers_joining_at_once_share_one_broker(tmp_path):
+    """What each pytest worker's kafka_bootstrap does under xdist: the first starts the broker in
+    the session's folder, the others wait on the lock and join it; one broker process in all."""
+    from itel_dagster_tests.fixtures.kafka_fixtures import shared_broker_home
+
+    home = shared_broker_home(tmp_path)
+    script = ("import sys; from pathlib import Path; "
+              "from itel_dagster_tests.fixtures.kafka_fixtures import join_or_start; "
+              "print(join_or_start(Path(sys.argv[1])))")
+    workers = [subprocess.Popen([sys.executable, "-c", script, str(home)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(3)]
+    try:
+        results = [worker.communicate(timeout=180) for worker in workers]
+        assert [worker.returncode for worker in workers] == [0, 0, 0], [e for _, e in results]
+        (bootstrap,) = {out.strip() for out, _ in results}
+        status = LocalKafkaBroker(home).status()
+        assert status is not None and status.bootstrap_servers == bootstrap
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        assert admin.list_topics(timeout=10).brokers
+    finally:
+        LocalKafkaBroker(home).stop()
+    assert LocalKafkaBroker(home).status() is None

@@ -30,6 +30,14 @@ from itel_dagster.settings.paths import state_dir
 LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
 PREFERRED_PORT = 9092
 JVM_OPTIONS = ["-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true"]
+# More JVM options, appended (later ones win), e.g. the test suite's
+# "-XX:TieredStopAtLevel=1": less CPU to start and idle, less peak throughput. A second GC
+# option fails the start ("Multiple garbage collectors selected").
+JVM_OPTIONS_ENV = "ITEL_KAFKA_JVM_OPTIONS"
+
+
+def jvm_options() -> list[str]:
+    return [*JVM_OPTIONS, *os.environ.get(JVM_OPTIONS_ENV, "").split()]
 
 
 def classpath_cache_dir() -> Path:
@@ -279,7 +287,7 @@ class LocalKafkaBroker:
         scram = ["--add-scram", f"SCRAM-SHA-512=[name={secure.username},password={secure.password}]"
                  ] if secure else []
         result = subprocess.run(
-            [java, *JVM_OPTIONS, f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", classpath,
+            [java, *jvm_options(), f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", classpath,
              "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id,
              "-c", str(self.properties_file), *scram],
             capture_output=True,
@@ -311,7 +319,7 @@ class LocalKafkaBroker:
         started_at = time.time()
         with open(self.log_file, "ab") as log:
             process = subprocess.Popen(
-                [java, *JVM_OPTIONS, f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+                [java, *jvm_options(), f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
                  "-cp", classpath, "kafka.Kafka", str(self.properties_file)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
