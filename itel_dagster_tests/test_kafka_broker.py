@@ -73,6 +73,20 @@ def test_cluster_ids_never_start_with_a_dash():
     assert len(set(ids)) == len(ids)
 
 
+def test_topics_are_served_with_a_leader_per_partition_when_ensure_topics_returns(kafka_bootstrap):
+    """A publisher right after topic creation once got UNKNOWN_TOPIC_OR_PART: the controller had
+    created the topic, the broker's metadata did not show it yet."""
+    names = {f"test.served.{uuid.uuid4().hex[:8]}.{n}": "input" for n in range(8)}
+    assert ensure_topics(kafka_bootstrap, names, partitions=3) == {name: True for name in names}
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for name in names:
+        topic = producer.list_topics(name, timeout=10).topics[name]
+        assert topic.error is None and len(topic.partitions) == 3
+        assert all(p.leader >= 0 for p in topic.partitions.values())
+        producer.produce(name, value=b"first record", partition=2)
+    assert producer.flush(10) == 0
+
+
 def test_pipeline_topics_are_created_idempotently(kafka_bootstrap):
     topics = pipeline_topics(load_workers({}))
     assert set(topics) == PIPELINE_TOPICS

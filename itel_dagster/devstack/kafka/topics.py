@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -65,4 +67,26 @@ def ensure_topics(
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
             created[name] = False
+    _wait_until_served(admin, [t.topic for t in missing], deadline=time.monotonic() + timeout)
     return created
+
+
+def _wait_until_served(admin: AdminClient, names: list[str], deadline: float) -> None:
+    """Until the broker's metadata shows each topic with a leader for every partition: a topic
+    the controller has created reaches the brokers' metadata a moment later, and a client that
+    produces before then is told UNKNOWN_TOPIC_OR_PART."""
+    waiting = set(names)
+    while waiting:
+        metadata = admin.list_topics(timeout=max(0.1, deadline - time.monotonic())).topics
+        waiting = {name for name in waiting if not _served(metadata.get(name))}
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT,
+                                            f"topics created but not served yet: {sorted(waiting)}"))
+        time.sleep(0.05)
+
+
+def _served(topic) -> bool:
+    return (topic is not None and topic.error is None and bool(topic.partitions)
+            and all(p.leader >= 0 and p.error is None for p in topic.partitions.values()))
