@@ -7,6 +7,7 @@ pytest_plugins = [
     "itel_dagster_tests.fixtures.dagster_ui_fixtures",
     "itel_dagster_tests.fixtures.lanes",
     "itel_dagster_tests.fixtures.postgres_fixtures",
+    "pytester",  # test_lanes.py runs a small xdist session of its own
 ]
 
 

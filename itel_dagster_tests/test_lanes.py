@@ -4,10 +4,12 @@ process (so `-m unit` never starts a broker)."""
 from __future__ import annotations
 
 import multiprocessing
+import re
 import subprocess
 
 import pytest
 
+from itel_dagster.settings.paths import PROJECT_ROOT
 from itel_dagster_tests.fixtures.lanes import heaviest_files_first, lane_marks
 
 
@@ -68,3 +70,30 @@ def test_the_session_runs_the_heaviest_files_first(request):
         heavy[file] = heavy.get(file, False) or slow
     flags = [heavy[file] for file in runs]
     assert flags == sorted(flags, reverse=True), runs
+
+
+def _xdist_options_of_the_test_command() -> list[str]:
+    """The scheduling options scripts/test.sh gives pytest-xdist (--dist, --no-loadscope-reorder)."""
+    script = (PROJECT_ROOT / "scripts/test.sh").read_text()
+    command = re.search(r"^exec .*?\"\$@\"", script, re.MULTILINE | re.DOTALL).group(0)
+    dist = re.search(r"--dist[ =](\S+)", command)
+    assert dist, "scripts/test.sh passes no --dist"
+    return ["--dist", dist.group(1), *re.findall(r"--no-loadscope-reorder", command)]
+
+
+@pytest.mark.slow  # a pytest-xdist session of its own
+def test_xdist_hands_out_the_files_in_the_lanes_order_under_the_test_commands_options(pytester):
+    """xdist's loadfile scheduler re-sorts files by test count unless told not to: then a file of
+    many quick tests went before a one-test bench, and the benches ran last."""
+    pytester.makeconftest("pytest_plugins = ['itel_dagster_tests.fixtures.lanes']\n")
+    pytester.makeini("[pytest]\nmarkers =\n    unit\n    kafka\n    slow\n    browser\n")
+    pytester.makepyfile(
+        test_a_many_quick="\n".join(f"def test_quick_{n}(): pass" for n in range(6)),
+        test_b_one_slow="import pytest\n\n@pytest.mark.slow\ndef test_long(): pass\n")
+
+    result = pytester.runpytest_subprocess("-n", "1", *_xdist_options_of_the_test_command(),
+                                           "-v", "-p", "no:cacheprovider")
+
+    result.assert_outcomes(passed=7)
+    ran = [line for line in result.outlines if "PASSED" in line]
+    assert "test_b_one_slow.py::test_long" in ran[0], ran

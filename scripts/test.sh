@@ -10,7 +10,7 @@ cd "$ROOT"
 # Four pytest workers (pytest-xdist) on two cores: many tests wait on daemons, runs and real
 # time. The workers share one broker (fixtures/kafka_fixtures.py) and take whole files (module
 # fixtures such as the crash matrix's stack stay in one process), the files with slow and
-# browser tests first (fixtures/lanes.py; --no-loadscope-reorder keeps that order: xdist's default hands out the
-# files with the most tests first). ITEL_TEST_WORKERS=0: one process.
+# browser tests first (fixtures/lanes.py; --no-loadscope-reorder keeps that order: xdist's
+# default hands out the files with the most tests first). ITEL_TEST_WORKERS=0: one process.
 exec "$VENV_BIN/python" -m pytest -n "${ITEL_TEST_WORKERS:-4}" --dist loadfile --no-loadscope-reorder \
   --durations=15 "$@"
