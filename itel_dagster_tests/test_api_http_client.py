@@ -14,7 +14,10 @@ import pytest
 from itel_dagster.devstack.claimx_world import claimx_task
 from itel_dagster.resources.api_http_client import ApiHttpClient
 
-TIMEOUT = httpx.Timeout(0.5, connect=1.0)
+# Generous: a loaded 2-core machine can stall a thread for half a second (a 0.5 s read timeout
+# once failed the many-threads test). The timeout test sets its own, below the fault's latency.
+TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+SHORT_READ = httpx.Timeout(2.0, connect=5.0)
 
 
 def test_base_url_and_default_headers_reach_the_server_from_many_threads(claimx):
@@ -38,8 +41,8 @@ def test_per_request_headers_override_the_defaults(claimx):
 
 def test_a_slow_answer_times_out_and_the_pool_serves_the_next_request(claimx):
     headers = {"Authorization": "Bearer claimx-dev-token"}
-    with ApiHttpClient(claimx.url, headers, TIMEOUT, 1) as client:
-        claimx.set_faults(latency_ms=1500)
+    with ApiHttpClient(claimx.url, headers, SHORT_READ, 1) as client:
+        claimx.set_faults(latency_ms=4000)
         with pytest.raises(httpx.ReadTimeout):
             client.request("GET", "/api/v1/tasks/1000300")
         claimx.clear_faults()
