@@ -87,7 +87,9 @@ def test_two_runs_missing_the_same_ids_at_once_fetch_each_id_once(claimx, tmp_pa
     claimx.clear_stats()
     path = tmp_path / "shared.sqlite"
     ids = list(range(1_000_100, 1_000_140))
-    clients = [ClaimxLookupClient(settings_for(claimx), TaskCache(path, 60)) for _ in range(2)]
+    # A 10 s timeout: a request timed out and retried under a loaded CI once, and ClaimX saw 41.
+    settings = settings_for(claimx, timeout_seconds=10)
+    clients = [ClaimxLookupClient(settings, TaskCache(path, 60)) for _ in range(2)]
     with ThreadPoolExecutor(2) as pool:
         batches = list(pool.map(lambda c: c.lookup(ids), clients))
     for batch in batches:
