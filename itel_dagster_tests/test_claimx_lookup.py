@@ -87,7 +87,8 @@ def test_two_runs_missing_the_same_ids_at_once_fetch_each_id_once(claimx, tmp_pa
     claimx.clear_stats()
     path = tmp_path / "shared.sqlite"
     ids = list(range(1_000_100, 1_000_140))
-    # A 10 s timeout: a request timed out and retried under a loaded CI once, and ClaimX saw 41.
+    # The simulator counts only requests that arrived after clear_stats (a request of an earlier
+    # test still in its latency once made it 41); a 10 s timeout keeps a loaded CI from retrying.
     settings = settings_for(claimx, timeout_seconds=10)
     clients = [ClaimxLookupClient(settings, TaskCache(path, 60)) for _ in range(2)]
     with ThreadPoolExecutor(2) as pool:

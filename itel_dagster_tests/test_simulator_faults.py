@@ -230,3 +230,19 @@ def test_faults_are_counted_in_the_stats(claimx, client):
     route = client.get("/_admin/stats").json()["routes"]["GET /api/v1/tasks/{assignment_id}"]
 
     assert route == {"total": 4, "by_status": {"200": 1, "429": 1, "503": 1, "reset": 1}}
+
+
+def test_a_request_in_its_latency_at_a_stats_clear_is_not_counted_after_it(claimx):
+    """A client that timed out before the latency ran out leaves a request the next test would
+    count: stats hold the requests that arrived since the last clear."""
+    claimx.set_faults(latency_ms=1500)
+    with httpx.Client(base_url=claimx.url, headers=CLAIMX_AUTH, timeout=0.3) as impatient:
+        with pytest.raises(httpx.ReadTimeout):
+            impatient.get(TASK_PATH)
+    claimx.clear_stats()
+    claimx.clear_faults()
+    with httpx.Client(base_url=claimx.url, headers=CLAIMX_AUTH, timeout=5) as http:
+        assert http.get(TASK_PATH).status_code == 200
+    time.sleep(1.5)  # the first request's latency runs out; its answer finds the client gone
+
+    assert claimx.stats()["routes"]["GET /api/v1/tasks/{assignment_id}"]["total"] == 1

@@ -99,15 +99,23 @@ def _path_pattern(template: str) -> re.Pattern:
 
 
 class RequestStats:
-    """Counts of answered API requests by route and outcome (a status, "reset" or "timeout")."""
+    """Counts of answered API requests by route and outcome (a status, "reset" or "timeout"),
+    of the requests that arrived since the last clear: one still in its injected latency at a
+    clear (its client may have timed out long before) is not counted after it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, Counter] = {}
+        self._generation = 0
 
-    def record(self, route: str, outcome: int | str) -> None:
+    def arrived(self) -> int:
+        """A request's ticket, taken when it arrives; pass it to record()."""
+        return self._generation
+
+    def record(self, route: str, outcome: int | str, ticket: int) -> None:
         with self._lock:
-            self._counts.setdefault(route, Counter())[str(outcome)] += 1
+            if ticket == self._generation:
+                self._counts.setdefault(route, Counter())[str(outcome)] += 1
 
     def snapshot(self) -> dict:
         with self._lock:
@@ -120,6 +128,7 @@ class RequestStats:
     def clear(self) -> None:
         with self._lock:
             self._counts.clear()
+            self._generation += 1
 
 
 class SimulatorServer:
@@ -342,20 +351,21 @@ class SimulatorServer:
         match = self._match(request.method, request.path)
         if request.path.startswith(ADMIN_PREFIX):
             return self._answer(match, request)
+        ticket = self._stats.arrived()
         decision = self.fault_injector.decide()
         if decision.latency_seconds:
             self._stopping.wait(decision.latency_seconds)
         stats_key = f"{request.method} {match.template}"
         fault = decision.fault
         if fault is not None and fault.kind != "status":
-            self._stats.record(stats_key, fault.kind)
+            self._stats.record(stats_key, fault.kind, ticket)
             return fault
         if fault is not None:
             response = error_response(fault.status, "injected_fault", f"status {fault.status}",
                                       **dict(fault.headers))
         else:
             response = self._answer(match, request)
-        self._stats.record(stats_key, response.status)
+        self._stats.record(stats_key, response.status, ticket)
         return response
 
     def _answer(self, match: _RouteMatch, request: Request) -> Response:
