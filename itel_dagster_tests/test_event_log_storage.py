@@ -2,6 +2,7 @@
 watch that sees another process's writes while that process still holds its connection."""
 
 
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 
 from itel_dagster.settings.paths import PROJECT_ROOT
 from itel_dagster.storage.pooled_sqlite_event_log import PooledSqliteEventLogStorage
@@ -119,3 +121,99 @@ def test_the_local_stack_uses_it(tmp_path, monkeypatch):
         storage = instance.event_log_storage
         assert isinstance(storage, PooledSqliteEventLogStorage)
         assert Path(storage._base_dir) == tmp_path / "history" / "runs"
+
+
+def _schema(path: Path) -> tuple:
+    """A SQLite file's tables and indexes, alembic stamp and journal mode."""
+    with sqlite3.connect(path) as db:
+        objects = sorted(db.execute("SELECT type, name, sql FROM sqlite_master").fetchall(),
+                         key=lambda row: (row[0], row[1]))
+        stamp = db.execute("SELECT version_num FROM alembic_version").fetchall()
+        journal = db.execute("PRAGMA journal_mode").fetchone()
+    return objects, stamp, journal
+
+
+def _events(storage, run_id: str) -> list[str]:
+    return [e.user_message for e in storage.get_logs_for_run(run_id)]
+
+
+def _store(storage, run_id: str, message: str) -> None:
+    from dagster._core.events.log import EventLogEntry
+
+    storage.store_event(EventLogEntry(error_info=None, level=20, user_message=message,
+                                      run_id=run_id, timestamp=time.time(), job_name="job"))
+
+
+def test_a_new_run_database_is_the_one_dagsters_own_init_makes(tmp_path):
+    """Copied from a template made once per process: same tables, indexes, alembic stamp and
+    WAL mode as Dagster's default storage makes for each run."""
+    ours, theirs = PooledSqliteEventLogStorage(str(tmp_path / "ours")), \
+        SqliteEventLogStorage(str(tmp_path / "theirs"))
+    for storage in (ours, theirs):
+        _store(storage, "a" * 36, "first")
+        _store(storage, "b" * 36, "second")
+    ours.dispose()
+    theirs.dispose()
+
+    for run_id in ("a" * 36, "b" * 36):
+        assert _schema(tmp_path / "ours" / f"{run_id}.db") == \
+            _schema(tmp_path / "theirs" / f"{run_id}.db")
+    assert _events(PooledSqliteEventLogStorage(str(tmp_path / "ours")), "b" * 36) == ["second"]
+    assert not list((tmp_path / "ours").glob("*.tmp"))  # the scratch copies are gone
+
+
+def test_a_run_database_another_process_left_empty_gets_dagsters_init(tmp_path):
+    """A file that exists without the template's stamp (another process is creating it the
+    default way, or it is older) is initialized by Dagster's _initdb, not overwritten."""
+    base_dir = tmp_path / "runs"
+    base_dir.mkdir()
+    (base_dir / f"{'c' * 36}.db").touch()
+    storage = PooledSqliteEventLogStorage(str(base_dir))
+
+    _store(storage, "c" * 36, "into the empty file")
+
+    assert _events(storage, "c" * 36) == ["into the empty file"]
+    storage.dispose()
+    assert _schema(base_dir / f"{'c' * 36}.db")[1] == \
+        _schema(base_dir / "index.db")[1]  # stamped at the same revision
+
+
+def test_storages_creating_the_same_run_database_at_once_share_one_file(tmp_path):
+    base_dir = str(tmp_path / "runs")
+    storages = [PooledSqliteEventLogStorage(base_dir) for _ in range(4)]
+    start = threading.Barrier(len(storages))
+
+    def write(n: int) -> None:
+        start.wait()
+        _store(storages[n], "d" * 36, f"from storage {n}")
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(len(storages))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert sorted(_events(storages[0], "d" * 36)) == [f"from storage {n}" for n in range(4)]
+    for storage in storages:
+        storage.dispose()
+
+
+def test_new_run_databases_skip_dagsters_per_run_init(tmp_path, monkeypatch):
+    """Dagster's _initdb runs for the index and once for the template, not once per run."""
+    calls: list[str] = []
+    original = SqliteEventLogStorage._initdb
+
+    def counted(storage, engine, for_index_shard=False):
+        calls.append(str(engine.url))
+        return original(storage, engine, for_index_shard=for_index_shard)
+
+    monkeypatch.setattr(SqliteEventLogStorage, "_initdb", counted)
+    monkeypatch.setattr("itel_dagster.storage.pooled_sqlite_event_log._template", None)
+    storage = PooledSqliteEventLogStorage(str(tmp_path / "runs"))
+    for n in range(5):
+        _store(storage, f"{n:036d}", "event")
+    storage.dispose()
+
+    run_inits = [url for url in calls if str(tmp_path / "runs") in url and "index" not in url]
+    assert run_inits == []
+    assert sum(url.endswith("/template.db") for url in calls) == 1
