@@ -168,29 +168,43 @@ def test_live_merges_during_compactions_never_fail_and_write_each_event_once(tmp
 def test_the_sensor_asks_for_today_past_the_threshold_and_each_closed_day_once(tmp_path):
     uri = str(tmp_path / "t")
     now = datetime(2026, 11, 5, 0, 30, tzinfo=timezone.utc)
+    two_days_back = DAY - timedelta(days=2)
     small_files(uri, 4, DAY)
+    small_files(uri, 2, OTHER_DAY)
+    small_files(uri, 1, two_days_back)
     settings = MAINTENANCE.model_copy(update={"compact_min_files": 3, "closed_day_delay_hours": 1,
                                               "closed_day_lookback_days": 2})
 
-    # Half an hour after midnight: yesterday is not closed yet (closed_day_delay_hours 1).
+    # Half an hour after midnight: yesterday is not closed yet (closed_day_delay_hours 1), and
+    # the closed day two days back holds one file: nothing to bin-pack, no run.
     early = compaction_requests("t", DeltaTable(uri), now, settings)
-    assert sorted((r.run_key, r.tags["itel/delta_table"]) for r in early) == [
-        (f"t:{DAY - timedelta(days=2)}:closed", "t"), (f"t:{DAY}:v3", "t")]
-    today = next(r for r in early if r.run_key.endswith(":v3"))
-    assert today.run_config["ops"]["compact_day_partition"]["config"] == {
+    assert [(r.run_key, r.tags["itel/delta_table"]) for r in early] == [(f"t:{DAY}:v6", "t")]
+    assert early[0].run_config["ops"]["compact_day_partition"]["config"] == {
         "table": "t", "day": DAY.isoformat()}
 
     # An hour after midnight the day before is closed: one request, under a key that never
-    # changes (Dagster launches a run_key once), with today's still keyed by the table version.
+    # changes (Dagster launches a run_key once), with today's still keyed by the table version;
+    # the day two days back is asked for once it holds a second file.
+    small_files(uri, 1, two_days_back)
     later = compaction_requests("t", DeltaTable(uri), now + timedelta(hours=1), settings)
     assert sorted(r.run_key for r in later) == sorted(
-        [f"t:{OTHER_DAY}:closed", f"t:{DAY - timedelta(days=2)}:closed", f"t:{DAY}:v3"])
+        [f"t:{OTHER_DAY}:closed", f"t:{two_days_back}:closed", f"t:{DAY}:v7"])
     small_files(uri, 1)
     again = compaction_requests("t", DeltaTable(uri), now + timedelta(hours=2), settings)
     assert f"t:{OTHER_DAY}:closed" in {r.run_key for r in again}
-    assert f"t:{DAY}:v4" in {r.run_key for r in again}
+    assert f"t:{DAY}:v8" in {r.run_key for r in again}
     quiet = settings.model_copy(update={"compact_min_files": 10, "closed_day_lookback_days": 1})
     assert compaction_requests("t", DeltaTable(uri), now, quiet) == []
+
+
+def test_closed_days_of_a_missing_table_or_of_one_file_ask_for_nothing(tmp_path):
+    """A fresh deployment: no table yet, or days of one file, start no compaction run."""
+    now = datetime(2026, 11, 5, 12, 0, tzinfo=timezone.utc)
+    assert compaction_requests("t", None, now) == []
+    uri = str(tmp_path / "t")
+    for back in range(1, MAINTENANCE.closed_day_lookback_days + 1):
+        small_files(uri, 1, DAY - timedelta(days=back))
+    assert compaction_requests("t", DeltaTable(uri), now) == []
 
 
 def test_the_compaction_job_and_sensor_run_in_dagster_on_the_resource_root(tmp_path):
@@ -207,6 +221,9 @@ def test_the_compaction_job_and_sensor_run_in_dagster_on_the_resource_root(tmp_p
     metadata = materialized.step_output_data.metadata
     assert (metadata["files_before"].value, metadata["files_after"].value) == (5, 1)
 
+    closed = (datetime.now(timezone.utc) - timedelta(days=2)).date()  # closed, in the lookback
+    for name in ("itel_cabinet_task_tracking", "itel_api_sends", "itel_cabinet_trigger_forwards"):
+        small_files(delta.table_uri(name), 2, closed)
     with dg.instance_for_test() as instance:
         context = dg.build_sensor_context(instance=instance, resources={"delta": delta})
         tables = {r.tags[TABLE_TAG] for r in delta_compaction_sensor(context)}

@@ -91,14 +91,16 @@ def delta_compaction_job():
 def compaction_requests(table_name: str, table, now: datetime,
                         settings: MaintenanceSettings = MAINTENANCE) -> list[dg.RunRequest]:
     """Today's and yesterday's partitions past compact_min_files files (keyed by the table
-    version, so a tick at the same version asks nothing new), and each closed day once, once
-    closed_day_delay_hours have passed since its midnight."""
+    version, so a tick at the same version asks nothing new), and each closed day with more than
+    one file once, once closed_day_delay_hours have passed since its midnight (a day with one
+    file or none has nothing to bin-pack: a fresh deployment asked for a run per table and day)."""
     today = now.date()
     requests = {}  # day -> run_key, one run per day
     for back in range(1, settings.closed_day_lookback_days + 1):
         day = today - timedelta(days=back)
         closed_at = datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + timedelta(days=1)
-        if now >= closed_at + timedelta(hours=settings.closed_day_delay_hours):
+        if (now >= closed_at + timedelta(hours=settings.closed_day_delay_hours)
+                and table is not None and day_file_count(table, day) > 1):
             requests[day] = f"{table_name}:{day}:closed"
     for day in (today, today - timedelta(days=1)):
         if table is not None and day_file_count(table, day) > settings.compact_min_files:
@@ -115,7 +117,8 @@ def compaction_requests(table_name: str, table, now: datetime,
            minimum_interval_seconds=MAINTENANCE.compaction_check_seconds,
            default_status=dg.DefaultSensorStatus.RUNNING,
            description="Counts the files of today's and yesterday's partitions of each table the "
-           "workers write and asks for a compaction past compact_min_files; each closed day once.")
+           "workers write and asks for a compaction past compact_min_files; each closed day with "
+           "more than one file once.")
 def delta_compaction_sensor(context: dg.SensorEvaluationContext, delta: DeltaTablesResource):
     now = datetime.now(timezone.utc)
     requests, busy = [], []
