@@ -2,10 +2,13 @@
 # The test suite: installs what is missing, then runs pytest. The tests start their own Kafka
 # broker and simulators on free loopback ports. Extra arguments go to pytest.
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/ensure_venv.sh"
+SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# Azurite for the object-storage Delta tests; where npm cannot install it, they skip with the
+# reason. npm installs it while pip installs the venv (on a fresh clone about 30 s and 50 s).
+bash "$SCRIPTS/ensure_azurite.sh" & AZURITE=$!
+source "$SCRIPTS/ensure_venv.sh"
 bash "$ROOT/scripts/ensure_browser.sh"
-# Azurite for the object-storage Delta tests; where npm cannot install it, they skip with the reason.
-bash "$ROOT/scripts/ensure_azurite.sh" || echo "warning: azurite not installed" >&2
+wait "$AZURITE" || echo "warning: azurite not installed" >&2
 cd "$ROOT"
 # Four pytest workers (pytest-xdist) on two cores: many tests wait on daemons, runs and real
 # time. The workers share one broker (fixtures/kafka_fixtures.py) and take whole files (module
