@@ -7,7 +7,7 @@ SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # reason. npm installs it while pip installs the venv (on a fresh clone about 30 s and 50 s).
 bash "$SCRIPTS/ensure_azurite.sh" & AZURITE=$!
 source "$SCRIPTS/ensure_venv.sh"
-bash "$ROOT/scripts/ensure_browser.sh"
+bash "$SCRIPTS/ensure_browser.sh"
 wait "$AZURITE" || echo "warning: azurite not installed" >&2
 cd "$ROOT"
 # Four pytest workers (pytest-xdist) on two cores: many tests wait on daemons, runs and real

@@ -15,9 +15,9 @@ checkpoint, so live log views (the webserver's watch) follow that file too.
 
 A new run's database is a copy of one empty database per process, made once by Dagster's own
 `_initdb` (tables, indexes, WAL mode, the alembic stamp), put in place atomically. Dagster's
-`_initdb` creates the tables and stamps the revision for every run: about 86 ms of CPU here, and
+`_initdb` creates the tables and stamps the revision for every run: about 80 ms of CPU here, and
 each other process that opens the run's database checks the revision through alembic's script
-directory, about 28 ms more. A database this process did not create is checked by reading its
+directory, about 25 ms more (`python -m itel_dagster_bench.event_log_shards`). A database this process did not create is checked by reading its
 stamped revision (one query); only one that is not at the template's goes through `_initdb`.
 """
 
@@ -30,6 +30,8 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 from dagster import Field, IntSource, StringSource
 # Relies on SqliteEventLogStorage's _connect, _initdb, _initialized_dbs, _db_lock, path_for_shard
@@ -166,7 +168,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         if shard == INDEX_SHARD_NAME:
             self._initdb(engine)
             return
-        template = _shard_template()
+        template = _shard_template(self)
         path = self.path_for_shard(shard)
         if not os.path.exists(path) and _place(template.content, path):
             return
@@ -203,34 +205,32 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         super().dispose()
 
 
+@dataclass(frozen=True)
 class _ShardTemplate:
-    def __init__(self, content: bytes, revision: str):
-        self.content = content
-        self.revision = revision
+    content: bytes
+    revision: str
 
 
 _template: _ShardTemplate | None = None
 _template_lock = threading.Lock()
 
 
-def _shard_template() -> _ShardTemplate:
+def _shard_template(storage: SqliteEventLogStorage) -> _ShardTemplate:
     """An empty run database as Dagster's `_initdb` makes it, built once per process."""
     global _template
     with _template_lock:
         if _template is None:
             with tempfile.TemporaryDirectory(prefix="itel-event-log-template-") as scratch:
-                maker = SqliteEventLogStorage(scratch)
-                engine = create_engine(maker.conn_string_for_shard("template"))
+                path = Path(scratch) / "template.db"
+                engine = create_engine(f"sqlite:///{path}")
                 try:
-                    maker._initdb(engine)
+                    storage._initdb(engine)
                     revision = _stamped_revision(engine)
                 finally:
                     engine.dispose()  # the last connection checkpoints and removes the -wal
-                    maker.dispose()
                 if revision is None:
                     raise RuntimeError("Dagster's _initdb stamped no alembic revision")
-                _template = _ShardTemplate(
-                    open(maker.path_for_shard("template"), "rb").read(), revision)
+                _template = _ShardTemplate(path.read_bytes(), revision)
         return _template
 
 
